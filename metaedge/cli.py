@@ -1,0 +1,128 @@
+"""The `metaedge` command line: thin commands over the library, one library call each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import metaedge
+from metaedge._console import console, fail, training_progress
+from metaedge.errors import MetaedgeError
+
+app = typer.Typer(
+    name="metaedge",
+    help="Few-shot image recognition for edge devices: meta-train, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"metaedge {metaedge.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Few-shot image recognition for edge devices."""
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option(help="Dataset root: folder or .zip; repeat to merge several.")],
+    out: Annotated[Path, typer.Option(help="Run directory for checkpoints and the log.")],
+    algorithm: Annotated[str, typer.Option(help="Meta-learning algorithm.")] = "protonet",
+    backbone: Annotated[str, typer.Option(help="Backbone from the registry.")] = "conv4",
+    width: Annotated[int, typer.Option(help="Backbone channel width.")] = 64,
+    metric: Annotated[
+        str, typer.Option(help="ProtoNet metric: sqeuclidean or cosine (learned scale).")
+    ] = "sqeuclidean",
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 28,
+    way: Annotated[int, typer.Option(help="Classes per training episode.")] = 60,
+    shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
+    query: Annotated[int, typer.Option(help="Query images per class.")] = 5,
+    episodes: Annotated[int, typer.Option(help="Training episodes in total.")] = 2000,
+    holdout_groups: Annotated[int, typer.Option(help="Groups (alphabets) held out for testing.")] = 2,
+    val_groups: Annotated[int, typer.Option(help="Further groups held out to pick the best checkpoint.")] = 1,
+    rotations: Annotated[bool, typer.Option(help="Each 90-degree rotation of a class is a new class.")] = True,
+    augment: Annotated[bool, typer.Option(help="Random affine warps of training images.")] = True,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed).")] = 1e-3,
+    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N episodes.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the episodes.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Meta-train a few-shot model on episodes; keep the checkpoint that validates best."""
+    from metaedge.train import TrainConfig
+    from metaedge.train import train as run_training
+
+    config = TrainConfig(
+        data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
+        width=width, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
+        holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
+        val_every=val_every, seed=seed, device=device,
+    )  # fmt: skip
+    try:
+        with training_progress(episodes, enabled=not as_json) as (on_step, on_validate):
+            result = run_training(config, resume=resume, overwrite=overwrite, on_step=on_step, on_validate=on_validate)
+    except MetaedgeError as e:
+        fail(str(e))
+    summary = {"run_dir": str(result.run_dir), "episodes": result.episodes, "minutes": result.seconds / 60,
+               "best_val": result.best_val.to_dict() if result.best_val else None}  # fmt: skip
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"trained {result.episodes} episodes in {summary['minutes']:.1f} min -> {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory (its best checkpoint) or checkpoint file.")],
+    data: Annotated[
+        list[Path] | None, typer.Option(help="Dataset roots; default: the ones it trained from.")
+    ] = None,
+    way: Annotated[int, typer.Option(help="Classes per episode.")] = 5,
+    shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
+    query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
+    episodes: Annotated[int, typer.Option(help="Number of seeded episodes.")] = 1000,
+    within_group: Annotated[bool, typer.Option(help="All classes of an episode from one group (alphabet).")] = False,
+    disjoint_drawers: Annotated[bool, typer.Option(help="Support and queries by different drawers.")] = False,
+    groups: Annotated[str | None, typer.Option(help="Comma-separated groups; default: held-out ones.")] = None,
+    seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Mean accuracy and 95% confidence interval over seeded episodes of classes the model never trained on."""
+    from metaedge.evaluate import evaluate_checkpoint
+    from metaedge.train import pick_device
+
+    try:
+        result = evaluate_checkpoint(
+            checkpoint, data, groups=groups.split(",") if groups else None, device=pick_device(device),
+            way=way, shot=shot, query=query, episodes=episodes, within_group=within_group,
+            disjoint_drawers=disjoint_drawers, seed=seed,
+        )  # fmt: skip
+    except MetaedgeError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        console.print(
+            f"{result.way}-way {result.shot}-shot on {', '.join(result.groups)}: "
+            f"[bold]{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}[/] (95% CI, {result.episodes} episodes)"
+        )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,73 @@
+"""The base class every meta-learning method derives from, and the registry that finds methods by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from metaedge.errors import MetaedgeError
+
+_METHODS: dict[str, type[FewShotMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[FewShotMethod]], type[FewShotMethod]]:
+    def add(cls: type[FewShotMethod]) -> type[FewShotMethod]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def create_method(name: str, backbone: nn.Module, **config) -> FewShotMethod:
+    if name not in _METHODS:
+        raise MetaedgeError(f"unknown algorithm {name!r}; available: {', '.join(list_methods())}")
+    return _METHODS[name](backbone, **config)
+
+
+class FewShotMethod(nn.Module):
+    """A backbone plus the rule that turns a support set into a classifier of queries.
+
+    Subclasses implement `episode_logits` (differentiable, used for meta-training) and may override
+    `classify_embeddings` (used for evaluation on precomputed embeddings, where the method allows it).
+    """
+
+    name = "base"
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def config(self) -> dict:
+        """The method's hyperparameters, as stored in a checkpoint and passed back to the constructor."""
+        return {}
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) -> embeddings (B, D)."""
+        return self.backbone(images)
+
+    def episode_logits(
+        self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, way: int
+    ) -> torch.Tensor:
+        """support (way*shot, C, H, W), support_labels (way*shot,), query (Q, C, H, W) -> logits (Q, way)."""
+        raise NotImplementedError
+
+    def classify_embeddings(
+        self, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, way: int
+    ) -> np.ndarray:
+        """support (S, D), support_labels (S,), query (Q, D) float32 embeddings -> logits (Q, way)."""
+        raise NotImplementedError
+
+    @property
+    def embeds_independently(self) -> bool:
+        """True when evaluation may embed every image once and classify episodes from the cached embeddings."""
+        return True
