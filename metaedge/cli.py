@@ -14,7 +14,7 @@ from metaedge.errors import MetaedgeError
 
 app = typer.Typer(
     name="metaedge",
-    help="Few-shot image recognition for edge devices: meta-train, evaluate.",
+    help="Few-shot image recognition for edge devices: meta-train, evaluate, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -89,9 +89,7 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory (its best checkpoint) or checkpoint file.")],
-    data: Annotated[
-        list[Path] | None, typer.Option(help="Dataset roots; default: the ones it trained from.")
-    ] = None,
+    data: Annotated[list[Path] | None, typer.Option(help="Dataset roots; default: the ones it trained from.")] = None,
     way: Annotated[int, typer.Option(help="Classes per episode.")] = 5,
     shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
     query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
@@ -122,6 +120,70 @@ def evaluate(
             f"{result.way}-way {result.shot}-shot on {', '.join(result.groups)}: "
             f"[bold]{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}[/] (95% CI, {result.episodes} episodes)"
         )
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path | None, typer.Argument(help="Run directory or checkpoint file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Bundle directory to write.")] = None,
+    target: Annotated[str, typer.Option(help="Board profile (see --list-targets).")] = "x86-cpu",
+    fmt: Annotated[str, typer.Option("--format", help="onnx, or tensorrt (an engine beside the ONNX).")] = "onnx",
+    fp16: Annotated[bool, typer.Option(help="TensorRT engine in fp16.")] = False,
+    int8: Annotated[bool, typer.Option(help="TensorRT engine in int8, calibrated on --calibration-data.")] = False,
+    calibration_data: Annotated[list[Path] | None, typer.Option(help="Images for int8 calibration.")] = None,
+    verify_data: Annotated[list[Path] | None, typer.Option(help="Images for the parity check.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    force: Annotated[bool, typer.Option(help="Write the bundle even if the parity check fails.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the trtexec command for a TensorRT build, build nothing.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    list_targets: Annotated[bool, typer.Option(help="List the board profiles and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export a checkpoint to a verified deployment bundle: ONNX backbone, manifest, parity report."""
+    from metaedge.exporter import export_checkpoint
+    from metaedge.targets import list_targets as all_targets
+
+    try:
+        if list_targets:
+            return _print_targets(all_targets(), as_json)
+        if checkpoint is None or (out is None and not dry_run):
+            fail("export needs CHECKPOINT and --out")
+        result = export_checkpoint(
+            checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
+            calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
+            verify_data=[str(p) for p in verify_data or []],
+        )  # fmt: skip
+    except MetaedgeError as e:
+        fail(str(e))
+    if result.dry_run_command:
+        print(result.dry_run_command)
+        return
+    summary = {"bundle": str(result.bundle.path), "model_id": result.bundle.model_id, "seconds": result.seconds,
+               "parity": [r.to_dict() for r in result.parity]}  # fmt: skip
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for r in result.parity:
+        console.print(
+            f"parity {r.backend} ({r.precision}) on {r.images} images: max |diff| {r.max_abs_diff:.2e}, "
+            f"min cosine {r.min_cosine:.6f}, {r.episodes}-episode agreement {100 * r.agreement:.2f}%"
+        )
+    console.print(f"wrote {result.bundle.path} ({result.bundle.model_id}) in {result.seconds:.1f} s")
+
+
+def _print_targets(profiles: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({name: p.to_dict() for name, p in profiles.items()}))
+        return
+    from rich.table import Table
+
+    table = Table("target", "providers", "precision", "max batch", "CUDA arch", "description")
+    for name, p in profiles.items():
+        short = ", ".join(x.removesuffix("ExecutionProvider") for x in p.onnxruntime_providers)
+        table.add_row(name, short, p.precision, str(p.max_batch), ",".join(p.cuda_architectures) or "-", p.description)
+    console.print(table)
 
 
 def main() -> None:

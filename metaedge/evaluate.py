@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,8 +63,14 @@ def embed_all(method: FewShotMethod, data: LoadedDataset, device: str = "cpu", b
     return np.concatenate(out)
 
 
-def evaluate(
-    method: FewShotMethod,
+def evaluate(method: FewShotMethod, data: LoadedDataset, *, device: str = "cpu", **protocol) -> EvalResult:
+    """Accuracy of `method` on seeded episodes drawn from `data` (protocol: see `evaluate_embeddings`)."""
+    return evaluate_embeddings(embed_all(method, data, device), method.classify_embeddings, data, **protocol)
+
+
+def evaluate_embeddings(
+    embeddings: np.ndarray,
+    classify: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
     data: LoadedDataset,
     *,
     way: int,
@@ -73,10 +80,14 @@ def evaluate(
     within_group: bool = False,
     disjoint_drawers: bool = False,
     seed: int = 0,
-    device: str = "cpu",
     on_episode: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Accuracy of `method` on `episodes` seeded episodes drawn from `data`; same seed, same number."""
+    """Accuracy over `episodes` seeded episodes; same seed, same number.
+
+    embeddings: float32 (num_images, D), one per image of `data`, computed once: each query is classified
+    on its own (inductive), so an image's embedding does not depend on the episode it appears in.
+    classify: (support (S, D), support_labels (S,), query (Q, D), way) -> logits (Q, way).
+    """
     if episodes < 1:
         raise DataError("need at least one evaluation episode")
     sampler = EpisodeSampler(
@@ -84,10 +95,9 @@ def evaluate(
         drawers=data.drawers, within_group=within_group, disjoint_drawers=disjoint_drawers,
         seed=seed + EVAL_SEED_OFFSET,
     )  # fmt: skip
-    embeddings = embed_all(method, data, device)
     accs = []
     for i, ep in enumerate(sampler.episodes(episodes)):
-        logits = method.classify_embeddings(embeddings[ep.support], ep.support_labels, embeddings[ep.query], way)
+        logits = classify(embeddings[ep.support], ep.support_labels, embeddings[ep.query], way)
         accs.append(float((logits.argmax(axis=1) == ep.query_labels).mean()))
         if on_episode is not None:
             on_episode(i)
@@ -107,17 +117,38 @@ def evaluate_checkpoint(
     device: str = "cpu",
     **protocol,
 ) -> EvalResult:
-    """Evaluate a run directory (its best checkpoint) or checkpoint file on `groups` of `data`.
+    """Evaluate a run directory (its best checkpoint), a checkpoint file, or an exported bundle.
 
     By default the data are the roots it trained from, and the groups its held-out test groups,
-    which training never saw.
+    which training never saw. A bundle is evaluated as the device runs it: ONNX Runtime and the kernels.
     """
+    from metaedge import bundle as bundle_io
+
+    if (Path(checkpoint) / bundle_io.MANIFEST).is_file():
+        return _evaluate_bundle(bundle_io.load(checkpoint), data, groups, **protocol)
     loaded = ckpt.load(checkpoint, map_location=device)
-    if not data:
-        data = loaded.meta["data"]["roots"]
-    if groups is None:
-        groups = loaded.meta.get("split", {}).get("test") or []
-        if not groups:
-            raise DataError(f"{loaded.path}: the checkpoint holds out no groups; name the groups to evaluate on")
-    dataset = open_dataset(list(data)).subset(groups)
+    dataset = _held_out(loaded.meta, str(loaded.path), data, groups)
     return evaluate(loaded.method, dataset.load(loaded.preprocess), device=device, **protocol)
+
+
+def _held_out(meta: dict, where: str, data, groups):
+    if not data:
+        data = meta["data"]["roots"]
+    if groups is None:
+        groups = (meta.get("split") or {}).get("test") or []
+        if not groups:
+            raise DataError(f"{where}: the model holds out no groups; name the groups to evaluate on")
+    return open_dataset(list(data)).subset(groups)
+
+
+def _evaluate_bundle(bundle, data, groups, **protocol) -> EvalResult:
+    from metaedge.methods.protonet import prototype_logits
+    from metaedge.ort import create_session, run_batched
+
+    training = bundle.manifest.get("training") or {}
+    dataset = _held_out(training, str(bundle.path), data, groups).load(bundle.preprocess)
+    session = create_session(bundle.onnx_path)
+    embeddings = run_batched(session, bundle.preprocess.normalize(dataset.pixels))
+    metric, scale = bundle.metric, bundle.scale
+    classify = lambda s, sl, q, way: prototype_logits(s, sl, q, way, metric, scale)  # noqa: E731
+    return evaluate_embeddings(embeddings, classify, dataset, **protocol)

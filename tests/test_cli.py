@@ -43,3 +43,17 @@ def test_errors_are_one_line_and_non_zero(tmp_path):
     assert "no such checkpoint" in result.stderr and "Traceback" not in result.output
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "missing.zip: no such file or folder" in result.stderr
+
+
+def test_export_list_targets_json():
+    result = runner.invoke(app, ["export", "--list-targets", "--json"])
+    assert result.exit_code == 0
+    targets = json.loads(result.stdout)
+    assert targets["jetson-orin-nano"]["cuda_architectures"] == ["87"]
+
+
+def test_export_errors_exit_non_zero(tmp_path):
+    result = runner.invoke(app, ["export", str(tmp_path / "none"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "no such checkpoint" in result.stderr
+    result = runner.invoke(app, ["export", "--target", "nope", str(tmp_path), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "unknown target 'nope'" in result.stderr

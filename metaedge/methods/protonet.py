@@ -37,7 +37,7 @@ class ProtoNet(FewShotMethod):
 
     @property
     def scale(self) -> float:
-        return float(self.log_scale.exp())
+        return float(self.log_scale.detach().exp())
 
     def episode_logits(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, way: int
@@ -55,8 +55,15 @@ class ProtoNet(FewShotMethod):
     def classify_embeddings(
         self, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, way: int
     ) -> np.ndarray:
-        # Exactly what the device runs: the native kernels (or their reference where the build has none).
-        normalize = self.metric == "cosine"
-        protos = kernels.prototypes(support, support_labels, way, normalize=normalize)
-        scale = self.scale if self.metric == "cosine" else 1.0
-        return kernels.logits(query, protos, metric=self.metric, scale=scale)
+        return prototype_logits(support, support_labels, query, way, self.metric, self.scale)
+
+
+def prototype_logits(
+    support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, way: int, metric: str, scale: float = 1.0
+) -> np.ndarray:
+    """support (S, D), support_labels (S,), query (Q, D) -> logits (Q, way), exactly as the device computes them.
+
+    Runs the native kernels (or their reference where the build has none). `scale` applies to cosine only.
+    """
+    protos = kernels.prototypes(support, support_labels, way, normalize=metric == "cosine")
+    return kernels.logits(query, protos, metric=metric, scale=scale if metric == "cosine" else 1.0)

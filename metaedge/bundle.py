@@ -1,0 +1,142 @@
+"""Deployment bundles: a directory of files described by `manifest.json`, every file checked by sha256 on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from metaedge.data.preprocess import PreprocessSpec
+from metaedge.errors import MetaedgeError
+
+FORMAT = "metaedge-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED = ("format", "schema_version", "model_id", "backbone", "preprocess", "embedding_dim", "metric", "files")
+
+
+class BundleError(MetaedgeError):
+    """A bundle that is missing, incomplete, tampered with, or from a newer metaedge."""
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own `digest` field: catches edits to the manifest itself."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle. `manifest` is the parsed manifest.json; file paths are inside `path`."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def metric(self) -> str:
+        return self.manifest["metric"]["name"]
+
+    @property
+    def scale(self) -> float:
+        return float(self.manifest["metric"]["scale"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.manifest["backbone"]["file"]
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: the manifest lists no file {name!r}")
+        return self.path / name
+
+
+def load(path: str | os.PathLike) -> Bundle:
+    """Read and verify a bundle: schema version, required keys, and the size and sha256 of every listed file."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: not a metaedge bundle manifest")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{manifest_path}: schema_version is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: bundle schema {version} is newer than this metaedge reads ({SCHEMA_VERSION}); upgrade metaedge"
+        )
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise BundleError(f"{manifest_path}: the manifest was edited after export (its digest does not match)")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path}: missing required key(s) {missing}")
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{manifest_path}: file name {name!r} points outside the bundle")
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is missing")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"{path}: {name} has {size} bytes, the manifest says {entry['bytes']} (truncated or changed)"
+            )
+        if sha256_file(file) != entry["sha256"]:
+            raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (changed or corrupted)")
+    return Bundle(path=path, manifest=manifest)
+
+
+def write(out: str | os.PathLike, manifest: dict, files: dict[str, Path], overwrite: bool = False) -> Bundle:
+    """Write `files` (name -> source path) and the manifest with their hashes, all or nothing.
+
+    The bundle is assembled in a temporary sibling directory and renamed into place, so a failure at any
+    point leaves no half-written bundle at `out`.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries = {}
+        for name, source in files.items():
+            shutil.copyfile(source, staging / name)
+            entries[name] = {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+        manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": entries}
+        manifest["digest"] = manifest_digest(manifest)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load(out)

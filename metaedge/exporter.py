@@ -1,0 +1,237 @@
+"""`metaedge export`: checkpoint -> verified, self-describing deployment bundle (ONNX; TensorRT where present)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaedge import bundle as bundle_io
+from metaedge import checkpoint as ckpt
+from metaedge import tensorrt_engine as trt_engine
+from metaedge.data import LoadedDataset, open_dataset
+from metaedge.errors import MetaedgeError
+from metaedge.ort import create_session, run_batched
+from metaedge.parity import ParityReport, check_parity
+from metaedge.targets import TargetProfile, get_target
+
+INPUT, OUTPUT = "images", "embeddings"
+DEFAULT_OPSET = 18
+
+
+class ExportError(MetaedgeError):
+    """The export cannot be made, or its parity check failed."""
+
+
+@dataclass
+class AdaptationDefaults:
+    """Head adaptation the device runs after enrollment (a linear head initialised from the prototypes)."""
+
+    steps: int = 50
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    head_init: str = "prototypes"
+
+    def to_dict(self, learned: bool = False) -> dict:
+        return {"head_init": self.head_init, "steps": self.steps, "lr": self.lr,
+                "weight_decay": self.weight_decay, "learned": learned}  # fmt: skip
+
+
+@dataclass
+class ExportResult:
+    bundle: bundle_io.Bundle | None
+    parity: list[ParityReport]
+    seconds: float
+    dry_run_command: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def model_id(checkpoint: ckpt.Checkpoint) -> str:
+    digest = hashlib.sha256(Path(checkpoint.path).read_bytes()).hexdigest()[:12]
+    return f"{checkpoint.meta['algorithm']['name']}-{checkpoint.meta['backbone']['name']}-{digest}"
+
+
+def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """The backbone alone as a static graph: images (batch, C, S, S) -> embeddings (batch, D), batch dynamic.
+
+    Uses the exporter torch recommends (torch.export-based `dynamo=True`), whose optimiser folds constants
+    and batch norm into the convolutions.
+    """
+    spec = checkpoint.preprocess
+    backbone = checkpoint.method.backbone.eval().cpu()
+    example = torch.zeros(2, spec.channels, spec.size, spec.size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        torch.onnx.export(
+            backbone, (example,), str(path), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes={"x": {0: batch}}, opset_version=opset, optimize=True, verbose=False,
+            external_data=False,  # one self-contained file: the bundle hashes and ships exactly that
+        )  # fmt: skip
+    except Exception as e:  # the exporter raises many types; all mean the same thing to the user
+        raise ExportError(f"torch.onnx.export failed for this backbone: {e}") from None
+    check_onnx(path)
+
+
+def check_onnx(path: Path) -> None:
+    """onnx.checker with full shape inference, strict: a graph that fails here fails on the board too."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{path.name} does not pass onnx.checker: {e}") from None
+
+
+def verification_data(checkpoint: ckpt.Checkpoint, verify_data: Sequence[str] | None) -> LoadedDataset:
+    """Real images for the parity check: `verify_data`, else the checkpoint's held-out classes."""
+    if verify_data:
+        dataset = open_dataset(list(verify_data))
+    else:
+        roots, groups = checkpoint.meta["data"]["roots"], checkpoint.meta.get("split", {}).get("test") or []
+        if not groups:
+            raise ExportError("the checkpoint holds out no groups; pass --verify-data with real images")
+        try:
+            dataset = open_dataset(roots).subset(groups)
+        except MetaedgeError as e:
+            raise ExportError(f"cannot read the checkpoint's held-out data ({e}); pass --verify-data") from None
+    return dataset.load(checkpoint.preprocess)
+
+
+def engine_settings(profile: TargetProfile, spec, fp16: bool, int8: bool) -> trt_engine.EngineSettings:
+    trt = profile.tensorrt
+    if trt is None:
+        raise ExportError(f"target {profile.name!r} has no GPU: TensorRT engines are for GPU targets")
+    return trt_engine.EngineSettings(
+        input_name=INPUT, input_shape=(spec.channels, spec.size, spec.size), min_batch=trt["min_batch"],
+        opt_batch=trt["opt_batch"], max_batch=trt["max_batch"], workspace_mib=trt["workspace_mib"],
+        fp16=fp16 or trt["fp16"], int8=int8 or trt["int8"], dla_core=trt["dla_core"],
+    )  # fmt: skip
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    target: str = "x86-cpu",
+    fmt: str = "onnx",
+    fp16: bool = False,
+    int8: bool = False,
+    calibration_data: Sequence[str] | None = None,
+    verify_data: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    adaptation: AdaptationDefaults | None = None,
+    parity_episodes: int = 200,
+) -> ExportResult:
+    """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails."""
+    t0 = time.perf_counter()
+    if fmt not in ("onnx", "tensorrt"):
+        raise ExportError(f"unknown format {fmt!r}; choose onnx or tensorrt")
+    if fmt == "onnx" and (fp16 or int8):
+        raise ExportError("--fp16 and --int8 set the TensorRT engine's precision; use them with --format tensorrt")
+    if int8 and not calibration_data:
+        raise ExportError("--int8 needs --calibration-data: real images to calibrate the quantisation on")
+    profile = get_target(target)
+    loaded = ckpt.load(checkpoint)
+    spec = loaded.preprocess
+    settings = engine_settings(profile, spec, fp16, int8) if fmt == "tensorrt" else None
+    if dry_run:
+        if settings is None:
+            raise ExportError("--dry-run prints the trtexec command of a TensorRT export; add --format tensorrt")
+        command = trt_engine.trtexec_command("backbone.onnx", "backbone.engine", settings)
+        return ExportResult(None, [], time.perf_counter() - t0, dry_run_command=command)
+    if fmt == "tensorrt":
+        trt_engine.import_tensorrt()  # fail before any work, with the install hint
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="metaedge-export-") as tmp:
+        tmp = Path(tmp)
+        onnx_path = tmp / "backbone.onnx"
+        t = time.perf_counter()
+        export_onnx(loaded, onnx_path, opset)
+        timings["onnx_export_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        data = verification_data(loaded, verify_data)
+        session = create_session(onnx_path, ("CPUExecutionProvider",), profile.threads)
+        reports = [check_parity(loaded.method, lambda x: run_batched(session, x, profile.max_batch), data,
+                                backend="onnxruntime-cpu", precision="fp32", episodes=parity_episodes)]  # fmt: skip
+        files = {"backbone.onnx": onnx_path}
+        engine_meta = None
+        if settings is not None:
+            calib = None
+            if settings.int8:
+                calib_data = open_dataset(list(calibration_data)).load(spec)
+                calib = spec.normalize(calib_data.pixels)
+            engine_path, cache_path = tmp / "backbone.engine", tmp / "timing.cache"
+            engine = trt_engine.build_engine(onnx_path, settings, timing_cache=cache_path, calibration_images=calib)
+            engine_path.write_bytes(engine)
+            runner = trt_engine.EngineRunner(engine, INPUT, OUTPUT)
+            step = settings.max_batch
+
+            def run(x: np.ndarray) -> np.ndarray:
+                return np.concatenate([runner(x[i : i + step]) for i in range(0, len(x), step)])
+
+            reports.append(check_parity(loaded.method, run, data, backend="tensorrt", precision=settings.precision,
+                                        episodes=parity_episodes))  # fmt: skip
+            files |= {"backbone.engine": engine_path, "timing.cache": cache_path}
+            engine_meta = {"file": "backbone.engine", "precision": settings.precision, **trt_engine.device_info(),
+                           "min_batch": settings.min_batch, "opt_batch": settings.opt_batch,
+                           "max_batch": settings.max_batch, "dla_core": settings.dla_core}  # fmt: skip
+        timings["verify_s"] = time.perf_counter() - t
+        failed = [r for r in reports if not r.passed]
+        if failed and not force:
+            details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}" for r in failed)
+            raise ExportError(f"parity check failed, nothing written: {details} (--force writes it anyway)")
+        (tmp / "verify.json").write_text(json.dumps({"reports": [r.to_dict() for r in reports],
+                                                     "forced": bool(failed)}, indent=2) + "\n")  # fmt: skip
+        files["verify.json"] = tmp / "verify.json"
+        manifest = _manifest(loaded, profile, opset, data, adaptation or AdaptationDefaults(), engine_meta)
+        written = bundle_io.write(out, manifest, files, overwrite=overwrite)
+    return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
+
+
+def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data: LoadedDataset,
+              adaptation: AdaptationDefaults, engine: dict | None) -> dict:  # fmt: skip
+    import onnx
+    import onnxruntime
+
+    spec, meta, method = loaded.preprocess, loaded.meta, loaded.method
+    metric = getattr(method, "metric", "sqeuclidean")
+    scale = method.scale if metric == "cosine" else 1.0
+    return {
+        "model_id": model_id(loaded),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {**ckpt.versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "source_checkpoint": {"file": loaded.path.name, "episode": meta.get("episode"), "seed": meta.get("seed")},
+        "algorithm": meta["algorithm"],
+        "backbone": {
+            **meta["backbone"],
+            "file": "backbone.onnx",
+            "opset": opset,
+            "input": {"name": INPUT, "shape": ["batch", spec.channels, spec.size, spec.size], "dtype": "float32"},
+            "output": {"name": OUTPUT, "shape": ["batch", method.backbone.embedding_dim], "dtype": "float32"},
+        },  # fmt: skip
+        "preprocess": spec.to_dict(),
+        "embedding_dim": method.backbone.embedding_dim,
+        "metric": {"name": metric, "scale": scale},
+        "adaptation": adaptation.to_dict(learned=False),
+        "training": {"data": meta.get("data"), "split": meta.get("split")},
+        "verification": {"groups": sorted(set(data.class_groups)), "images": len(data.pixels)},
+        "target": profile.to_dict(),
+        "engine": engine,
+    }

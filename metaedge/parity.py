@@ -1,0 +1,82 @@
+"""Parity of an exported backbone with PyTorch on real images: embeddings and few-shot predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from metaedge.data import EpisodeSampler, LoadedDataset
+from metaedge.evaluate import embed_all
+from metaedge.methods import FewShotMethod
+
+# fp32 must match closely; reduced precisions are judged by direction (cosine) and by the decisions they produce,
+# since their element-wise error is expected and harmless.
+TOLERANCES = {
+    "fp32": {"max_abs_diff": 1e-3, "min_cosine": 0.99999, "min_agreement": 0.995},
+    "fp16": {"max_abs_diff": None, "min_cosine": 0.999, "min_agreement": 0.98},
+    "int8": {"max_abs_diff": None, "min_cosine": 0.98, "min_agreement": 0.95},
+}
+
+
+@dataclass
+class ParityReport:
+    backend: str
+    precision: str
+    images: int
+    max_abs_diff: float
+    min_cosine: float
+    episodes: int
+    way: int
+    shot: int
+    query: int
+    agreement: float
+    tolerances: dict
+    passed: bool
+    failures: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(
+    method: FewShotMethod,
+    run_backend: Callable[[np.ndarray], np.ndarray],
+    data: LoadedDataset,
+    *,
+    backend: str,
+    precision: str = "fp32",
+    episodes: int = 200,
+    way: int = 5,
+    shot: int = 1,
+    query: int = 5,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare `run_backend` (float32 images (N, C, H, W) -> embeddings (N, D)) with the PyTorch method on `data`."""
+    reference = embed_all(method, data)
+    candidate = run_backend(data.spec.normalize(data.pixels))
+    diff = float(np.abs(reference - candidate).max())
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())
+    way = min(way, data.num_classes)
+    sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
+    agree = []
+    for ep in sampler.episodes(episodes):
+        a = method.classify_embeddings(reference[ep.support], ep.support_labels, reference[ep.query], way).argmax(1)
+        b = method.classify_embeddings(candidate[ep.support], ep.support_labels, candidate[ep.query], way).argmax(1)
+        agree.append(float((a == b).mean()))
+    agreement = float(np.mean(agree))
+    tol = TOLERANCES[precision]
+    failures = []
+    if tol["max_abs_diff"] is not None and diff > tol["max_abs_diff"]:
+        failures.append(f"max abs difference {diff:.3g} > {tol['max_abs_diff']:.3g}")
+    if cosine < tol["min_cosine"]:
+        failures.append(f"min cosine similarity {cosine:.6f} < {tol['min_cosine']}")
+    if agreement < tol["min_agreement"]:
+        failures.append(f"few-shot prediction agreement {agreement:.4f} < {tol['min_agreement']}")
+    return ParityReport(
+        backend=backend, precision=precision, images=len(data.pixels), max_abs_diff=diff, min_cosine=cosine,
+        episodes=episodes, way=way, shot=shot, query=query, agreement=agreement, tolerances=tol,
+        passed=not failures, failures=failures,
+    )  # fmt: skip
