@@ -20,6 +20,7 @@ from metaedge import checkpoint as ckpt
 from metaedge import tensorrt_engine as trt_engine
 from metaedge.data import LoadedDataset, open_dataset
 from metaedge.errors import MetaedgeError
+from metaedge.open_set import calibrate_threshold
 from metaedge.ort import create_session, run_batched
 from metaedge.parity import ParityReport, check_parity
 from metaedge.targets import TargetProfile, get_target
@@ -168,8 +169,10 @@ def export_checkpoint(
         t = time.perf_counter()
         data = verification_data(loaded, verify_data)
         session = create_session(onnx_path, ("CPUExecutionProvider",), profile.threads)
-        reports = [check_parity(loaded.method, lambda x: run_batched(session, x, profile.max_batch), data,
-                                backend="onnxruntime-cpu", precision="fp32", episodes=parity_episodes)]  # fmt: skip
+        pixels = spec.normalize(data.pixels)
+        onnx_embeddings = run_batched(session, pixels, profile.max_batch)
+        reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu", precision="fp32",
+                                episodes=parity_episodes)]  # fmt: skip
         files = {"backbone.onnx": onnx_path}
         engine_meta = None
         if settings is not None:
@@ -182,12 +185,9 @@ def export_checkpoint(
             engine_path.write_bytes(engine)
             runner = trt_engine.EngineRunner(engine, INPUT, OUTPUT)
             step = settings.max_batch
-
-            def run(x: np.ndarray) -> np.ndarray:
-                return np.concatenate([runner(x[i : i + step]) for i in range(0, len(x), step)])
-
-            reports.append(check_parity(loaded.method, run, data, backend="tensorrt", precision=settings.precision,
-                                        episodes=parity_episodes))  # fmt: skip
+            engine_embeddings = np.concatenate([runner(pixels[i : i + step]) for i in range(0, len(pixels), step)])
+            reports.append(check_parity(loaded.method, engine_embeddings, data, backend="tensorrt",
+                                        precision=settings.precision, episodes=parity_episodes))  # fmt: skip
             files |= {"backbone.engine": engine_path, "timing.cache": cache_path}
             engine_meta = {"file": "backbone.engine", "precision": settings.precision, **trt_engine.device_info(),
                            "min_batch": settings.min_batch, "opt_batch": settings.opt_batch,
@@ -200,7 +200,10 @@ def export_checkpoint(
         (tmp / "verify.json").write_text(json.dumps({"reports": [r.to_dict() for r in reports],
                                                      "forced": bool(failed)}, indent=2) + "\n")  # fmt: skip
         files["verify.json"] = tmp / "verify.json"
+        # Calibrated on what the device computes: the ONNX Runtime embeddings of held-out classes.
+        open_set = calibrate_threshold(onnx_embeddings, data, getattr(loaded.method, "metric", "sqeuclidean"))
         manifest = _manifest(loaded, profile, opset, data, adaptation or AdaptationDefaults(), engine_meta)
+        manifest["open_set"] = open_set
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
     return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
 

@@ -55,6 +55,9 @@ def test_bundle_contents_and_manifest(exported, run_dir):
     assert m["training"]["split"]["test"] == m["verification"]["groups"]
     assert {"metaedge", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert m["adaptation"]["head_init"] == "prototypes" and m["adaptation"]["learned"] is False
+    # the open-set threshold accepts 95% of enrolled-class queries by construction, and must reject some strangers
+    assert m["open_set"]["known_accept_rate"] == pytest.approx(0.95, abs=0.01)
+    assert 0.0 < m["open_set"]["unknown_reject_rate"] <= 1.0 and -1.0 <= m["open_set"]["threshold"] <= 1.0
     report = json.loads((b.path / "verify.json").read_text())["reports"][0]
     assert report["passed"] and report["precision"] == "fp32" and report["agreement"] >= 0.995
     assert exported.wall < 60  # seconds, not minutes

@@ -1,0 +1,170 @@
+"""The on-device runtime: embed images with the exported backbone, enroll classes into a gallery, classify."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metaedge import bundle as bundle_io
+from metaedge import kernels
+from metaedge.errors import DataError
+from metaedge.images import ImageInput, preprocess
+from metaedge.ort import create_session, run_batched
+
+REFERENCE_BUNDLE = Path(__file__).resolve().parent / "reference" / "bundle"
+_MANIFEST_THRESHOLD = object()  # sentinel: "use the bundle's calibrated open-set threshold"
+
+
+@dataclass
+class Prediction:
+    """One image's answer. `label` is None when the open-set threshold rejected every class ("unknown").
+
+    score: similarity to the best class's prototype (cosine similarity, or minus the squared distance).
+    top_k: [(label, score), ...] best first, over the enrolled classes.
+    """
+
+    label: str | None
+    score: float
+    top_k: list[tuple[str, float]]
+
+    @property
+    def unknown(self) -> bool:
+        return self.label is None
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "unknown": self.unknown, "score": self.score,
+                "top_k": [{"label": lbl, "score": s} for lbl, s in self.top_k]}  # fmt: skip
+
+
+@dataclass
+class EnrollResult:
+    label: str
+    images: int
+    total_embeddings: int
+    timings_ms: dict = field(default_factory=dict)
+
+
+class Runtime:
+    """A bundle plus a gallery: `enroll` new classes from a few images, `classify` against all of them.
+
+    bundle: an exported bundle directory (default: the reference bundle shipped with metaedge).
+    store: a gallery database path (default: an in-memory gallery that lives as long as the runtime).
+    """
+
+    def __init__(self, bundle: str | os.PathLike | None = None, store: str | os.PathLike | None = None,
+                 *, readonly: bool = False) -> None:  # fmt: skip
+        from metaedge.gallery import Gallery
+
+        self.bundle = bundle_io.load(REFERENCE_BUNDLE if bundle is None else bundle)
+        target = self.bundle.manifest.get("target") or {}
+        self.session = create_session(self.bundle.onnx_path, tuple(target.get("onnxruntime_providers", ())),
+                                      int(target.get("threads", 0)))  # fmt: skip
+        self.max_batch = int(target.get("max_batch", 64))
+        self.spec = self.bundle.preprocess
+        self.metric = self.bundle.metric
+        self.gallery = Gallery(store, self.bundle.model_id, self.bundle.embedding_dim, readonly=readonly)
+        self._head_cache: tuple | None = None
+
+    # -- embedding ---------------------------------------------------------------------------------------------
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """images -> float32 embeddings (N, D)."""
+        return run_batched(self.session, preprocess(list(images), self.spec), self.max_batch)
+
+    # -- gallery ---------------------------------------------------------------------------------------------
+    def enroll(self, label: str, images: Sequence[ImageInput], *, replace: bool = False) -> EnrollResult:
+        """Add (or with `replace`, redefine) class `label` from a few images, in one gallery transaction."""
+        images = list(images)
+        if not images:
+            raise DataError(f"class {label!r}: no images given")
+        t0 = time.perf_counter()
+        x = preprocess(images, self.spec)
+        t1 = time.perf_counter()
+        z = run_batched(self.session, x, self.max_batch)
+        t2 = time.perf_counter()
+        sources = [str(i) if isinstance(i, (str, os.PathLike)) else f"<{type(i).__name__}>" for i in images]
+        record = self.gallery.enroll(label, z, sources=sources, replace=replace)
+        t3 = time.perf_counter()
+        self._head_cache = None
+        timings = {"decode_preprocess": 1e3 * (t1 - t0), "backbone": 1e3 * (t2 - t1), "gallery_commit": 1e3 * (t3 - t2),
+                   "total": 1e3 * (t3 - t0)}  # fmt: skip
+        return EnrollResult(record.label, len(images), record.count, timings)
+
+    def labels(self) -> list[str]:
+        return self.gallery.labels()
+
+    def remove(self, label: str) -> None:
+        self.gallery.remove(label)
+        self._head_cache = None
+
+    # -- classification --------------------------------------------------------------------------------------
+    def default_threshold(self) -> float | None:
+        open_set = self.bundle.manifest.get("open_set") or {}
+        return open_set.get("threshold")
+
+    def classify(self, images: Sequence[ImageInput], *, top_k: int = 1, adapt: bool = False,
+                 threshold: float | None | object = _MANIFEST_THRESHOLD) -> list[Prediction]:  # fmt: skip
+        """One Prediction per image. threshold: a score below it means "unknown"; None turns rejection off;
+        by default the bundle's calibrated threshold. adapt: rank classes with a head adapted on every
+        enrolled embedding (the bundle's adaptation settings) instead of the prototypes alone.
+        """
+        if threshold is _MANIFEST_THRESHOLD:
+            threshold = self.default_threshold()
+        labels, protos = self.gallery.prototypes()
+        if not labels:
+            raise DataError("the gallery is empty: enroll at least one class first")
+        if top_k < 1:
+            raise DataError(f"top_k must be at least 1, got {top_k}")
+        queries = self.embed(images)
+        similarity = self._similarity(queries, protos)
+        ranking = self._adapted_logits(queries, labels) if adapt else similarity
+        k = min(top_k, len(labels))
+        out = []
+        for row_rank, row_sim in zip(ranking, similarity):
+            order = np.argsort(-row_rank, kind="stable")[:k]
+            best = int(order[0])
+            score = float(row_sim[best])
+            known = threshold is None or score >= threshold
+            out.append(Prediction(labels[best] if known else None, score,
+                                  [(labels[int(j)], float(row_rank[j])) for j in order]))  # fmt: skip
+        return out
+
+    def _similarity(self, queries: np.ndarray, protos: np.ndarray) -> np.ndarray:
+        # Scale-free scores, so one threshold holds whatever temperature the model learned.
+        return kernels.logits(queries, protos, metric=self.metric, scale=1.0)
+
+    def _adapted_logits(self, queries: np.ndarray, labels: list[str]) -> np.ndarray:
+        settings = self.bundle.manifest["adaptation"]
+        if self._head_cache is None:
+            embeddings, targets = [], []
+            for c, label in enumerate(labels):
+                e = self.gallery.embeddings(label)
+                embeddings.append(e)
+                targets.append(np.full(len(e), c, dtype=np.int64))
+            support = self._head_input(np.concatenate(embeddings))
+            weight, bias = kernels.adapt_head(
+                support, np.concatenate(targets), len(labels), steps=settings["steps"], lr=settings["lr"],
+                weight_decay=settings["weight_decay"], init=settings["head_init"],
+            )  # fmt: skip
+            self._head_cache = (weight, bias)
+        weight, bias = self._head_cache
+        return self._head_input(queries) @ weight.T + bias
+
+    def _head_input(self, z: np.ndarray) -> np.ndarray:
+        # The head sees what the metric sees: unit vectors for cosine models.
+        if self.metric == "cosine":
+            return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return z
+
+    def close(self) -> None:
+        self.gallery.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
