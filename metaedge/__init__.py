@@ -9,4 +9,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from metaedge.errors import CheckpointError, DataError, KernelInputError, MetaedgeError
 
-__all__ = ["CheckpointError", "DataError", "KernelInputError", "MetaedgeError", "__version__"]
+__all__ = ["CheckpointError", "DataError", "KernelInputError", "MetaedgeError", "Runtime", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import metaedge` stays light for training scripts; the runtime pulls in ONNX Runtime and SQLite.
+    if name == "Runtime":
+        from metaedge.runtime import Runtime
+
+        return Runtime
+    raise AttributeError(f"module 'metaedge' has no attribute {name!r}")

@@ -125,6 +125,9 @@ def write(out: str | os.PathLike, manifest: dict, files: dict[str, Path], overwr
         raise BundleError(f"{out} already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is meant to be read by others
     try:
         entries = {}
         for name, source in files.items():

@@ -138,6 +138,7 @@ class Gallery:
         self._readonly = bool(readonly)
         self._timeout = float(timeout)
         self._db: sqlite3.Connection | None = None
+        self._writes = 0  # commits through this object; see version()
 
         if self._path is None:
             if readonly:
@@ -332,6 +333,7 @@ class Gallery:
             try:
                 yield db
                 db.execute("COMMIT")
+                self._writes += write
             except BaseException:
                 if db.in_transaction:
                     try:
@@ -497,6 +499,16 @@ class Gallery:
         if not rows:
             return labels, np.zeros((0, self._dim), np.float32)
         return labels, np.stack([self._vector(blob, f"the prototype of {label!r}") for label, blob in rows])
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the gallery's content may have changed, through this object or another process.
+
+        SQLite's data_version moves on commits by other connections; `_writes` counts this object's own.
+        A reader caches prototypes under this key instead of querying them for every image.
+        """
+        with self._mapped("read it"):
+            (data_version,) = self._require().execute("PRAGMA data_version").fetchone()
+        return data_version, self._writes
 
     def embeddings(self, label: str) -> np.ndarray:
         """The enrolled embeddings of `label`, float32 of shape (K, embedding_dim), in enrollment order."""

@@ -56,7 +56,9 @@ def open_image(image: ImageInput, index: int = 0) -> Image.Image:
             img.load()
     except DataError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: over the {MAX_PIXELS:,}-pixel limit (decompression bomb?): {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: not a readable image ({e})") from None
     return img
 

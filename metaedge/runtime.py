@@ -67,8 +67,11 @@ class Runtime:
         self.max_batch = int(target.get("max_batch", 64))
         self.spec = self.bundle.preprocess
         self.metric = self.bundle.metric
-        self.gallery = Gallery(store, self.bundle.model_id, self.bundle.embedding_dim, readonly=readonly)
-        self._head_cache: tuple | None = None
+        self.gallery = Gallery(
+            store, self.bundle.model_id, self.bundle.embedding_dim, create=not readonly, readonly=readonly
+        )
+        self._head_cache: tuple | None = None  # (gallery version, weight (C, D), bias (C,))
+        self._proto_cache: tuple | None = None  # (gallery version, labels, prototypes (C, D))
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -89,7 +92,6 @@ class Runtime:
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else f"<{type(i).__name__}>" for i in images]
         record = self.gallery.enroll(label, z, sources=sources, replace=replace)
         t3 = time.perf_counter()
-        self._head_cache = None
         timings = {"decode_preprocess": 1e3 * (t1 - t0), "backbone": 1e3 * (t2 - t1), "gallery_commit": 1e3 * (t3 - t2),
                    "total": 1e3 * (t3 - t0)}  # fmt: skip
         return EnrollResult(record.label, len(images), record.count, timings)
@@ -99,7 +101,6 @@ class Runtime:
 
     def remove(self, label: str) -> None:
         self.gallery.remove(label)
-        self._head_cache = None
 
     # -- classification --------------------------------------------------------------------------------------
     def default_threshold(self) -> float | None:
@@ -114,7 +115,7 @@ class Runtime:
         """
         if threshold is _MANIFEST_THRESHOLD:
             threshold = self.default_threshold()
-        labels, protos = self.gallery.prototypes()
+        labels, protos = self._prototypes()
         if not labels:
             raise DataError("the gallery is empty: enroll at least one class first")
         if top_k < 1:
@@ -133,13 +134,22 @@ class Runtime:
                                   [(labels[int(j)], float(row_rank[j])) for j in order]))  # fmt: skip
         return out
 
+    def _prototypes(self) -> tuple[list[str], np.ndarray]:
+        # Cached per gallery version: a classify call costs one PRAGMA, not a scan of every class,
+        # yet still sees classes another process enrolled a moment ago.
+        version = self.gallery.version()
+        if self._proto_cache is None or self._proto_cache[0] != version:
+            self._proto_cache = (version, *self.gallery.prototypes())
+        return self._proto_cache[1], self._proto_cache[2]
+
     def _similarity(self, queries: np.ndarray, protos: np.ndarray) -> np.ndarray:
         # Scale-free scores, so one threshold holds whatever temperature the model learned.
         return kernels.logits(queries, protos, metric=self.metric, scale=1.0)
 
     def _adapted_logits(self, queries: np.ndarray, labels: list[str]) -> np.ndarray:
         settings = self.bundle.manifest["adaptation"]
-        if self._head_cache is None:
+        version = self.gallery.version()
+        if self._head_cache is None or self._head_cache[0] != version:
             embeddings, targets = [], []
             for c, label in enumerate(labels):
                 e = self.gallery.embeddings(label)
@@ -150,8 +160,8 @@ class Runtime:
                 support, np.concatenate(targets), len(labels), steps=settings["steps"], lr=settings["lr"],
                 weight_decay=settings["weight_decay"], init=settings["head_init"],
             )  # fmt: skip
-            self._head_cache = (weight, bias)
-        weight, bias = self._head_cache
+            self._head_cache = (version, weight, bias)
+        _, weight, bias = self._head_cache
         return self._head_input(queries) @ weight.T + bias
 
     def _head_input(self, z: np.ndarray) -> np.ndarray:

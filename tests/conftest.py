@@ -54,3 +54,24 @@ def omniglot_zips() -> list[Path]:
     if not all(p.is_file() for p in OMNIGLOT_ZIPS):
         pytest.skip(f"the shared Omniglot data is not at {OMNIGLOT}")
     return OMNIGLOT_ZIPS
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A Conv4 (width 16, cosine) ProtoNet trained for 30 episodes: enough to beat chance, seconds to make."""
+    from metaedge.train import TrainConfig, train
+
+    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
+        pytest.skip(f"the shared Omniglot data is not at {OMNIGLOT}")
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(TrainConfig(data=[str(p) for p in OMNIGLOT_ZIPS], out=str(out), way=10, query=3, episodes=30, width=16,
+                      val_every=30, val_episodes=20, metric="cosine"))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run_dir, tmp_path_factory) -> Path:
+    """The tiny run exported to a bundle."""
+    from metaedge.exporter import export_checkpoint
+
+    return export_checkpoint(tiny_run_dir, tmp_path_factory.mktemp("tiny") / "bundle", parity_episodes=20).bundle.path

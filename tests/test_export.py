@@ -18,27 +18,19 @@ from metaedge.evaluate import embed_all, evaluate_checkpoint
 from metaedge.exporter import ExportError, export_checkpoint
 from metaedge.ort import create_session, run_batched
 from metaedge.tensorrt_engine import EngineSettings, TensorRTUnavailable, trtexec_command
-from metaedge.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from conftest import OMNIGLOT_ZIPS
-
-    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
-        pytest.skip("the shared Omniglot data is not available")
-    out = tmp_path_factory.mktemp("export") / "run"
-    train(TrainConfig(data=[str(p) for p in OMNIGLOT_ZIPS], out=str(out), way=10, query=3, episodes=30, width=16,
-                      val_every=30, val_episodes=20, metric="cosine"))  # fmt: skip
-    return out
+def run_dir(tiny_run_dir):
+    return tiny_run_dir
 
 
 @pytest.fixture(scope="module")
-def exported(run_dir):
+def exported(run_dir, tmp_path_factory):
     t0 = time.perf_counter()
-    result = export_checkpoint(run_dir, run_dir.parent / "bundle", parity_episodes=50)
+    result = export_checkpoint(run_dir, tmp_path_factory.mktemp("export") / "bundle", parity_episodes=50)
     result.wall = time.perf_counter() - t0
     return result
 
