@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,12 +73,16 @@ def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OP
     backbone = checkpoint.method.backbone.eval().cpu()
     example = torch.zeros(2, spec.channels, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter logs that torchvision is absent and warns about its own internals: noise for our users.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
-        torch.onnx.export(
-            backbone, (example,), str(path), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes={"x": {0: batch}}, opset_version=opset, optimize=True, verbose=False,
-            external_data=False,  # one self-contained file: the bundle hashes and ships exactly that
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                backbone, (example,), str(path), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes={"x": {0: batch}}, opset_version=opset, optimize=True, verbose=False,
+                external_data=False,  # one self-contained file: the bundle hashes and ships exactly that
+            )  # fmt: skip
     except Exception as e:  # the exporter raises many types; all mean the same thing to the user
         raise ExportError(f"torch.onnx.export failed for this backbone: {e}") from None
     check_onnx(path)

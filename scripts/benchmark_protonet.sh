@@ -10,10 +10,12 @@ RUN=${1:-runs/protonet-conv4-cpu}
 EPISODES=${EPISODES:-6000}
 DEVICE=${DEVICE:-cpu}
 
+mkdir -p "$(dirname "$RUN")"
 if [ ! -f "$RUN/best.safetensors" ]; then
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
     --out "$RUN" --algorithm protonet --backbone conv4 --image-size 28 --way 60 --shot 1 --query 5 \
-    --episodes "$EPISODES" --holdout-groups 2 --val-groups 1 --seed 0 --device "$DEVICE" --json | tee "$RUN.train.json"
+    --episodes "$EPISODES" --holdout-groups 2 --val-groups 1 --val-every 1000 --seed 0 --device "$DEVICE" --json \
+    | tee "$RUN.train.json"
 fi
 
 evaluate() {  # way shot query extra-flags...
