@@ -41,7 +41,7 @@ def _global(
 def train(
     data: Annotated[list[Path], typer.Option(help="Dataset root: folder or .zip; repeat to merge several.")],
     out: Annotated[Path, typer.Option(help="Run directory for checkpoints and the log.")],
-    algorithm: Annotated[str, typer.Option(help="Meta-learning algorithm.")] = "protonet",
+    algorithm: Annotated[str, typer.Option(help="protonet, maml, fomaml, anil or metasgd.")] = "protonet",
     backbone: Annotated[str, typer.Option(help="Backbone from the registry.")] = "conv4",
     width: Annotated[int, typer.Option(help="Backbone channel width.")] = 64,
     metric: Annotated[
@@ -57,30 +57,40 @@ def train(
     rotations: Annotated[bool, typer.Option(help="Each 90-degree rotation of a class is a new class.")] = True,
     augment: Annotated[bool, typer.Option(help="Random affine warps of training images.")] = True,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed).")] = 1e-3,
+    meta_batch: Annotated[int, typer.Option(help="Tasks per meta-update.")] = 1,
+    inner_steps: Annotated[int | None, typer.Option(help="Inner-loop steps (maml, fomaml, anil, metasgd).")] = None,
+    inner_lr: Annotated[float | None, typer.Option(help="Inner-loop step size (metasgd: its start).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N episodes.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the episodes.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes for data-parallel training (launches torchrun).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Meta-train a few-shot model on episodes; keep the checkpoint that validates best."""
     from metaedge.train import TrainConfig
     from metaedge.train import train as run_training
 
+    if nproc > 1:
+        raise typer.Exit(_torchrun(nproc))
     config = TrainConfig(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
         width=width, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
+        meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr,
         val_every=val_every, seed=seed, device=device,
     )  # fmt: skip
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     try:
-        with training_progress(episodes, enabled=not as_json) as (on_step, on_validate):
+        with training_progress(episodes, enabled=not as_json and main_rank) as (on_step, on_validate):
             result = run_training(config, resume=resume, overwrite=overwrite, on_step=on_step, on_validate=on_validate)
     except MetaedgeError as e:
         fail(str(e))
     summary = {"run_dir": str(result.run_dir), "episodes": result.episodes, "minutes": result.seconds / 60,
                "best_val": result.best_val.to_dict() if result.best_val else None}  # fmt: skip
+    if not main_rank:
+        return
     if as_json:
         print(json.dumps(summary))
     else:
@@ -367,6 +377,24 @@ def demo(
     )
     console.print(f"classify one image (decode to answer): p50 {c['p50']:.2f} ms, p90 {c['p90']:.2f} ms")
     console.print(f"model {r.model_id}")
+
+
+def _torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun on one machine, without --nproc; returns torchrun's exit code."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[sys.argv.index("train") + 1 :]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "metaedge.train", *args]  # fmt: skip
+    return subprocess.call(command)
 
 
 def main() -> None:

@@ -64,8 +64,24 @@ def embed_all(method: FewShotMethod, data: LoadedDataset, device: str = "cpu", b
 
 
 def evaluate(method: FewShotMethod, data: LoadedDataset, *, device: str = "cpu", **protocol) -> EvalResult:
-    """Accuracy of `method` on seeded episodes drawn from `data` (protocol: see `evaluate_embeddings`)."""
-    return evaluate_embeddings(embed_all(method, data, device), method.classify_embeddings, data, **protocol)
+    """Accuracy of `method` on seeded episodes drawn from `data` (protocol: see `evaluate_embeddings`).
+
+    Methods whose backbone is fixed after training embed every image once; methods that adapt the backbone
+    per task (MAML) run their inner loop on each episode's support images.
+    """
+    if method.embeds_independently:
+        return evaluate_embeddings(embed_all(method, data, device), method.classify_embeddings, data, **protocol)
+    images = to_tensor(data.pixels, data.spec, device)
+    method.eval()  # batch norm uses running statistics: queries are classified one by one, inductively
+
+    def classify(support_idx, support_labels, query_idx, way):
+        with torch.enable_grad():  # the inner loop differentiates even at test time
+            logits = method.episode_logits(images[support_idx], torch.from_numpy(support_labels).to(device),
+                                           images[query_idx], way)  # fmt: skip
+        return logits.detach().cpu().numpy()
+
+    indices = np.arange(len(data.pixels))[:, None]  # "embeddings" that are image indices
+    return evaluate_embeddings(indices, lambda s, sl, q, w: classify(s[:, 0], sl, q[:, 0], w), data, **protocol)
 
 
 def evaluate_embeddings(

@@ -126,6 +126,34 @@ def engine_settings(profile: TargetProfile, spec, fp16: bool, int8: bool) -> trt
     )  # fmt: skip
 
 
+def inner_loop(method, defaults: AdaptationDefaults | None) -> dict:
+    """The head adaptation the device runs: the learned inner loop where the method learned one (ANIL,
+    Meta-SGD), else the given or default settings (ProtoNet; MAML, whose inner loop also adapts the backbone,
+    which a device does not do: it runs the head part only).
+    """
+    if hasattr(method, "adaptation") and defaults is None:
+        adapt = {**method.adaptation(), "learned": True}
+        if adapt.pop("per_parameter_lr"):
+            adapt["step_sizes_file"] = "head_step_sizes.safetensors"
+        return adapt
+    adapt = (defaults or AdaptationDefaults()).to_dict(learned=False)
+    if getattr(method, "name", "") in ("maml", "fomaml") and defaults is None:
+        adapt.update(steps=method.inner_steps, lr=method.inner_lr, weight_decay=0.0,
+                     note="MAML adapts every parameter in training; the device adapts the head only")  # fmt: skip
+    adapt["normalize_features"] = getattr(method, "metric", "") == "cosine"
+    return adapt
+
+
+def write_step_sizes(method, path: Path) -> Path:
+    """Meta-SGD's learned step sizes: lr_weight (D,), one per feature shared by all classes, and lr_bias (1,)."""
+    from safetensors.numpy import save_file
+
+    lr_w = method.lr_weight.detach().cpu().numpy().astype(np.float32)
+    lr_b = method.lr_bias.detach().cpu().numpy().astype(np.float32).reshape(1)
+    save_file({"lr_weight": lr_w, "lr_bias": lr_b}, str(path))
+    return path
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -208,20 +236,23 @@ def export_checkpoint(
         files["verify.json"] = tmp / "verify.json"
         # Calibrated on what the device computes: the ONNX Runtime embeddings of held-out classes.
         open_set = calibrate_threshold(onnx_embeddings, data, getattr(loaded.method, "metric", "sqeuclidean"))
-        manifest = _manifest(loaded, profile, opset, data, adaptation or AdaptationDefaults(), engine_meta)
+        adapt = inner_loop(loaded.method, adaptation)
+        if "step_sizes_file" in adapt:
+            files[adapt["step_sizes_file"]] = write_step_sizes(loaded.method, tmp / adapt["step_sizes_file"])
+        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta)
         manifest["open_set"] = open_set
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
     return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
 
 
 def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data: LoadedDataset,
-              adaptation: AdaptationDefaults, engine: dict | None) -> dict:  # fmt: skip
+              adaptation: dict, engine: dict | None) -> dict:  # fmt: skip
     import onnx
     import onnxruntime
 
     spec, meta, method = loaded.preprocess, loaded.meta, loaded.method
     metric = getattr(method, "metric", "sqeuclidean")
-    scale = method.scale if metric == "cosine" else 1.0
+    scale = float(method.log_scale.detach().exp()) if metric == "cosine" else 1.0
     return {
         "model_id": model_id(loaded),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -238,7 +269,7 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
         "preprocess": spec.to_dict(),
         "embedding_dim": method.backbone.embedding_dim,
         "metric": {"name": metric, "scale": scale},
-        "adaptation": adaptation.to_dict(learned=False),
+        "adaptation": adaptation,
         "training": {"data": meta.get("data"), "split": meta.get("split")},
         "verification": {"groups": sorted(set(data.class_groups)), "images": len(data.pixels)},
         "target": profile.to_dict(),

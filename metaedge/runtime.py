@@ -156,17 +156,30 @@ class Runtime:
                 embeddings.append(e)
                 targets.append(np.full(len(e), c, dtype=np.int64))
             support = self._head_input(np.concatenate(embeddings))
+            lr_weight, lr_bias = self._step_sizes(len(labels))
             weight, bias = kernels.adapt_head(
                 support, np.concatenate(targets), len(labels), steps=settings["steps"], lr=settings["lr"],
-                weight_decay=settings["weight_decay"], init=settings["head_init"],
+                weight_decay=settings["weight_decay"], init=settings["head_init"], lr_weight=lr_weight,
+                lr_bias=lr_bias,
             )  # fmt: skip
             self._head_cache = (version, weight, bias)
         _, weight, bias = self._head_cache
         return self._head_input(queries) @ weight.T + bias
 
+    def _step_sizes(self, num_classes: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Meta-SGD's learned per-parameter step sizes, broadcast to a head of `num_classes` rows; else None."""
+        name = self.bundle.manifest["adaptation"].get("step_sizes_file")
+        if name is None:
+            return None, None
+        from safetensors.numpy import load_file
+
+        sizes = load_file(str(self.bundle.file(name)))
+        lr_w, lr_b = sizes["lr_weight"], sizes["lr_bias"]
+        return np.broadcast_to(lr_w, (num_classes, len(lr_w))).copy(), np.full(num_classes, lr_b[0], np.float32)
+
     def _head_input(self, z: np.ndarray) -> np.ndarray:
-        # The head sees what the metric sees: unit vectors for cosine models.
-        if self.metric == "cosine":
+        # The head sees what the metric sees: unit vectors for cosine models (and the learned inner loops).
+        if self.bundle.manifest["adaptation"].get("normalize_features", self.metric == "cosine"):
             return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return z
 

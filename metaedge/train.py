@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from metaedge import checkpoint as ckpt
+from metaedge import distributed
 from metaedge.data import AffineAugment, EpisodeSampler, PreprocessSpec, apply_split, open_dataset, split_groups
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
@@ -40,6 +41,9 @@ class TrainConfig:
     rotations: bool = True
     augment: bool = True
     lr: float = 1e-3
+    meta_batch: int = 1
+    inner_steps: int | None = None
+    inner_lr: float | None = None
     weight_decay: float = 0.0
     val_every: int = 500
     val_episodes: int = 300
@@ -95,7 +99,16 @@ def train(
 ) -> TrainResult:
     """Meta-train per `config`, writing `best.safetensors`, `last.safetensors` and `log.jsonl` into `config.out`."""
     run_dir = Path(config.out)
-    device = pick_device(config.device)
+    ranks, device = distributed.setup(pick_device(config.device))
+    if config.meta_batch < ranks.world:
+        raise DataError(f"--meta-batch {config.meta_batch} is smaller than the {ranks.world} ranks sharing it")
+    try:
+        return _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate)
+    finally:
+        distributed.cleanup(ranks)
+
+
+def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate) -> TrainResult:
     start_episode, best_acc, elapsed, state_meta = 0, -1.0, 0.0, None
     if resume:
         last = run_dir / ckpt.LAST
@@ -107,14 +120,16 @@ def train(
         config = dataclasses.replace(stored, episodes=max(config.episodes, stored.episodes), device=config.device)
         start_episode, best_acc = state_meta["episode"], state_meta.get("best_val_accuracy", -1.0)
         elapsed = state_meta.get("train_seconds", 0.0)
-    elif overwrite:
+    elif overwrite and ranks.main:
         for name in (ckpt.LAST, ckpt.BEST, "log.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
-    elif (run_dir / ckpt.LAST).exists():
+    elif (run_dir / ckpt.LAST).exists() and not overwrite:
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ranks)  # rank 0 has cleared or created the run directory
 
     spec = config.spec()
     dataset = open_dataset(config.data)
@@ -150,17 +165,21 @@ def train(
         "versions": ckpt.versions(),
     }
     history: list[dict] = []
-    log = (run_dir / "log.jsonl").open("a")
+    # Rank 0 alone writes checkpoints and the log, and validates; the others only compute gradients.
+    log = (run_dir / "log.jsonl").open("a") if ranks.main else None
     best_val: EvalResult | None = None
     t0 = time.perf_counter() - elapsed
     episode = start_episode
     try:
         for episode in range(start_episode, config.episodes):
-            stats = _train_step(method, optimizer, sampler, images, config, episode, augment, device)
-            if on_step is not None:
+            stats = _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks)
+            if on_step is not None and ranks.main:
                 on_step(stats)
             done = episode + 1
             if done % config.val_every == 0 or done == config.episodes:
+                distributed.average_buffers(method, ranks)
+                if not ranks.main:
+                    continue
                 row = {"episode": done, "loss": stats.loss, "train_accuracy": stats.accuracy,
                        "seconds": time.perf_counter() - t0}  # fmt: skip
                 step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
@@ -185,35 +204,63 @@ def train(
                 log.write(json.dumps(row) + "\n")
                 log.flush()
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
+
+
+def _algorithm_config(config: TrainConfig) -> dict:
+    if config.algorithm == "protonet":
+        return {"metric": config.metric}
+    inner = {"inner_steps": config.inner_steps, "inner_lr": config.inner_lr}
+    return {k: v for k, v in inner.items() if v is not None}  # unset: the method's own defaults
 
 
 def _arch_meta(config: TrainConfig) -> dict:
     return {
-        "algorithm": {"name": config.algorithm, "config": {"metric": config.metric}},
+        "algorithm": {"name": config.algorithm, "config": _algorithm_config(config)},
         "backbone": {"name": config.backbone, "kwargs": {"in_channels": config.spec().channels, "width": config.width}},
     }
 
 
-def _train_step(method, optimizer, sampler, images, config, episode, augment, device) -> StepStats:
-    ep = sampler.episode(episode)
+def _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks) -> StepStats:
+    """One meta-update: the mean query loss of `meta_batch` tasks, then one optimizer step.
+
+    Under torchrun the tasks are dealt round-robin to the ranks and their gradients summed across ranks,
+    so any number of ranks computes the same update as one process (up to float summation order).
+    """
     lr = lr_at(config, episode)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    x = images[torch.from_numpy(np.concatenate([ep.support, ep.query]))]
-    if augment is not None:
-        # Seeded per episode: a resumed run draws exactly the warps the uninterrupted run would have.
-        gen = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + episode)
-        x = augment(x, gen)
-    ns = len(ep.support)
-    support_labels = torch.from_numpy(ep.support_labels).to(device)
-    query_labels = torch.from_numpy(ep.query_labels).to(device)
     method.train()
-    logits = method.episode_logits(x[:ns], support_labels, x[ns:], config.way)
-    loss = F.cross_entropy(logits, query_labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses, accuracies = [], []
+    for task in range(ranks.rank, config.meta_batch, ranks.world):
+        index = episode * config.meta_batch + task
+        ep = sampler.episode(index)
+        x = images[torch.from_numpy(np.concatenate([ep.support, ep.query]))]
+        if augment is not None:
+            # Seeded per task: a resumed run draws exactly the warps the uninterrupted run would have.
+            gen = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + index)
+            x = augment(x, gen)
+        ns = len(ep.support)
+        support_labels = torch.from_numpy(ep.support_labels).to(device)
+        query_labels = torch.from_numpy(ep.query_labels).to(device)
+        logits = method.episode_logits(x[:ns], support_labels, x[ns:], config.way)
+        loss = F.cross_entropy(logits, query_labels)
+        # Backward per task frees its graph at once: memory stays at one task's, not meta_batch tasks'.
+        (loss / config.meta_batch).backward()
+        losses.append(loss.item())
+        accuracies.append((logits.argmax(1) == query_labels).float().mean().item())
+    distributed.all_reduce_gradients(method, ranks)
     optimizer.step()
-    accuracy = (logits.argmax(1) == query_labels).float().mean().item()
-    return StepStats(episode=episode + 1, loss=loss.item(), accuracy=accuracy, lr=lr)
+    return StepStats(episode=episode + 1, loss=float(np.mean(losses)), accuracy=float(np.mean(accuracies)), lr=lr)
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc-per-node N -m metaedge.train --data ... --out ...`: the same options as `metaedge train`.
+    import sys
+
+    from metaedge.cli import app
+
+    app(["train", *sys.argv[1:]], prog_name="metaedge.train")

@@ -1,6 +1,18 @@
 """Meta-learning methods, one per file, reachable by name through the registry."""
 
+from metaedge.methods.anil import ANIL, MetaSGD
 from metaedge.methods.base import FewShotMethod, create_method, list_methods, register_method
+from metaedge.methods.maml import FOMAML, MAML
 from metaedge.methods.protonet import ProtoNet
 
-__all__ = ["FewShotMethod", "ProtoNet", "create_method", "list_methods", "register_method"]
+__all__ = [
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "FewShotMethod",
+    "MetaSGD",
+    "ProtoNet",
+    "create_method",
+    "list_methods",
+    "register_method",
+]
