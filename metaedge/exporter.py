@@ -37,9 +37,15 @@ class ExportError(MetaedgeError):
 
 @dataclass
 class AdaptationDefaults:
-    """Head adaptation the device runs after enrollment (a linear head initialised from the prototypes)."""
+    """Head adaptation for models that did not learn one (ProtoNet): a linear head on L2-normalised features,
+    initialised from the prototypes.
 
-    steps: int = 50
+    Chosen on the reference model's validation alphabet (Japanese, never a test alphabet), 20-way 5-shot,
+    100 episodes: prototypes alone 90.8%; normalised head, 10 steps of 0.1: 90.2%; 50 steps: 89.6%;
+    unnormalised features, 10 steps of 1.0: 56.7%. Few, small steps keep the head near the prototypes.
+    """
+
+    steps: int = 10
     lr: float = 0.1
     weight_decay: float = 5e-4
     head_init: str = "prototypes"
@@ -140,7 +146,7 @@ def inner_loop(method, defaults: AdaptationDefaults | None) -> dict:
     if getattr(method, "name", "") in ("maml", "fomaml") and defaults is None:
         adapt.update(steps=method.inner_steps, lr=method.inner_lr, weight_decay=0.0,
                      note="MAML adapts every parameter in training; the device adapts the head only")  # fmt: skip
-    adapt["normalize_features"] = getattr(method, "metric", "") == "cosine"
+    adapt["normalize_features"] = True
     return adapt
 
 
