@@ -1,10 +1,12 @@
 // metaedge._C: registers the native kernels with Python. Kernels live in csrc/<kernel>/.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // std::optional arguments (adapt_head_cpu's step sizes)
 
 #ifdef METAEDGE_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
 
+#include "metaedge/adapt_head.h"
 #include "metaedge/logits.h"
 #include "metaedge/prototypes.h"
 
@@ -23,6 +25,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("metric"), py::arg("scale"),
         "queries (M, D), prototypes (C, D) float32 -> (M, C) float32: -scale * ||q - p||^2 "
         "(metric='sqeuclidean') or scale * cos(q, p) (metric='cosine').");
+  m.def("adapt_head_cpu", &metaedge::AdaptHeadCpu, py::arg("embeddings"), py::arg("labels"),
+        py::arg("num_classes"), py::arg("steps"), py::arg("lr"), py::arg("weight_decay"),
+        py::arg("init"), py::arg("lr_weight") = py::none(), py::arg("lr_bias") = py::none(),
+        py::arg("form") = "auto",
+        "embeddings (N, D) float32, labels (N,) int64 in [0, num_classes), optional lr_weight "
+        "(C, D) and lr_bias (C,) float32 -> (weight (C, D), bias (C,)) float32: `steps` steps of "
+        "full-batch gradient descent on a linear softmax head from init='prototypes' or 'zeros'. "
+        "form='auto' | 'primal' | 'dual' picks how W is carried (same iterates).");
 
 #ifdef METAEDGE_WITH_CUDA
   m.def("cuda_built", [] { return true; }, "True: this build has the CUDA kernels.");
@@ -50,6 +60,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "Device pointers: queries (m, d), prototypes (c, d), out (m, c), float32, contiguous, one "
         "device; stream a cudaStream_t. Asynchronous.");
+  m.def("adapt_head_cuda", &metaedge::AdaptHeadCuda, py::arg("embeddings"), py::arg("labels"),
+        py::arg("lr_weight"), py::arg("lr_bias"), py::arg("weight"), py::arg("bias"), py::arg("n"),
+        py::arg("d"), py::arg("num_classes"), py::arg("steps"), py::arg("lr"),
+        py::arg("weight_decay"), py::arg("init"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Device pointers: embeddings (n, d) float32, labels (n,) int64, lr_weight (C, d) and "
+        "lr_bias (C,) float32 or 0, weight (C, d) and bias (C,) float32 outputs, contiguous, one "
+        "device; stream a cudaStream_t. Waits for the stream once to check the labels.");
 #else
   m.def("cuda_built", [] { return false; }, "False: this build has no CUDA kernels.");
 #endif

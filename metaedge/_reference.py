@@ -16,6 +16,7 @@ import numpy as np
 from metaedge.errors import KernelInputError
 
 METRICS = ("sqeuclidean", "cosine")
+HEAD_INITS = ("prototypes", "zeros")
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -90,15 +91,59 @@ def check_metric(metric: object) -> str:
     return metric
 
 
-def check_scale(scale: object) -> float:
+def check_float32(value: object, name: str) -> float:
+    """A real number that is finite in float32, as a Python float."""
     try:
-        value = float(scale)
+        number = float(value)
     except (TypeError, ValueError):
-        raise KernelInputError(f"scale must be a finite float32 number, got {scale!r}") from None
+        raise KernelInputError(f"{name} must be a finite float32 number, got {value!r}") from None
     # float32 range too: the kernels multiply in float, where 1e300 would already be inf.
-    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
-        raise KernelInputError(f"scale must be a finite float32 number, got {value!r}")
+    if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+        raise KernelInputError(f"{name} must be a finite float32 number, got {number!r}")
+    return number
+
+
+def check_scale(scale: object) -> float:
+    return check_float32(scale, "scale")
+
+
+def check_init(init: object) -> str:
+    if init not in HEAD_INITS:
+        raise KernelInputError(f"unknown init {init!r}; choose one of 'prototypes', 'zeros'")
+    return init
+
+
+def check_steps(steps: object) -> int:
+    if isinstance(steps, bool):
+        raise KernelInputError(f"steps must be an integer, got {steps!r}")
+    try:
+        value = operator.index(steps)
+    except TypeError:
+        raise KernelInputError(f"steps must be an integer, got {steps!r}") from None
+    if value < 0:
+        raise KernelInputError(f"steps must be >= 0, got {value}")
     return value
+
+
+def check_step_size_shapes(
+    lr_weight_shape: tuple | None, lr_bias_shape: tuple | None, num_classes: int, d: int
+) -> None:
+    """lr_weight (C, D) and lr_bias (C,), each where given (None: the scalar lr)."""
+    if lr_weight_shape is not None and tuple(lr_weight_shape) != (num_classes, d):
+        raise KernelInputError(f"lr_weight must have shape (C, D) = {(num_classes, d)}, got {tuple(lr_weight_shape)}")
+    if lr_bias_shape is not None and tuple(lr_bias_shape) != (num_classes,):
+        raise KernelInputError(f"lr_bias must have shape (C,) = {(num_classes,)}, got {tuple(lr_bias_shape)}")
+
+
+def as_step_sizes(lr_weight: object, lr_bias: object, num_classes: int, d: int) -> tuple:
+    """Per-parameter step sizes -> (lr_weight (C, D), lr_bias (C,)) C-contiguous float32 arrays, or None each."""
+    w = None if lr_weight is None else as_float_matrix(lr_weight, "lr_weight")
+    b = None if lr_bias is None else as_float_matrix(lr_bias, "lr_bias")
+    check_step_size_shapes(None if w is None else w.shape, None if b is None else b.shape, num_classes, d)
+    for a, name in ((w, "lr_weight"), (b, "lr_bias")):
+        if a is not None and not np.isfinite(a).all():
+            raise KernelInputError(f"{name} must hold finite numbers")
+    return w, b
 
 
 def check_logits_shapes(queries_shape: tuple, prototypes_shape: tuple) -> None:
@@ -175,3 +220,54 @@ def logits(queries, prototypes, metric: str = "cosine", scale: float = 1.0) -> n
     for i in range(0, q.shape[0], rows):
         out[i : i + rows] = ((q[i : i + rows, None, :] - p[None, :, :]) ** 2).sum(axis=2)
     return (-scale * out).astype(np.float32)
+
+
+def adapt_head(
+    embeddings,
+    labels,
+    num_classes: int,
+    steps: int = 50,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    init: str = "prototypes",
+    lr_weight=None,
+    lr_bias=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A linear softmax head (logits = X @ W.T + b) fitted to a support set by full-batch gradient descent.
+
+    embeddings: array of shape (N, D), real numbers. labels: integer array of shape (N,), values in
+    [0, num_classes), every class present. init="prototypes": W0 = the L2-normalised class means (`prototypes`);
+    "zeros": W0 = 0; b0 = 0 either way. Each of `steps` steps, with G = (softmax(X W^T + b) - onehot(labels)) / N:
+        W -= lr_W * (G^T X + weight_decay * W),   b -= lr_b * G.sum(axis=0),
+    lr_W = lr_weight (C, D) and lr_b = lr_bias (C,) where given (Meta-SGD), else the scalar lr. This is plain
+    gradient descent on mean cross-entropy + 0.5 * weight_decay * ||W||^2.
+    Returns (weight (C, D), bias (C,)), float32. Computed in float64, rounded once at the end.
+    """
+    init = check_init(init)
+    steps = check_steps(steps)
+    lr = check_float32(lr, "lr")
+    weight_decay = check_float32(weight_decay, "weight_decay")
+    emb = as_float_matrix(embeddings, "embeddings")
+    lab = as_labels(labels)
+    num_classes = check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+    lr_w, lr_b = as_step_sizes(lr_weight, lr_bias, num_classes, emb.shape[1])
+    check_labels(lab, num_classes)
+
+    x = emb.astype(np.float64)
+    n, d = x.shape
+    # The float32 prototypes, as the native kernels start from them.
+    w = prototypes(emb, lab, num_classes).astype(np.float64) if init == "prototypes" else np.zeros((num_classes, d))
+    b = np.zeros(num_classes)
+    step_w = lr if lr_w is None else lr_w.astype(np.float64)
+    step_b = lr if lr_b is None else lr_b.astype(np.float64)
+    onehot = np.zeros((n, num_classes))
+    onehot[np.arange(n), lab] = 1.0
+    for _ in range(steps):
+        z = x @ w.T + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / n
+        w = w - step_w * (g.T @ x + weight_decay * w)
+        b = b - step_b * g.sum(axis=0)
+    return w.astype(np.float32), b.astype(np.float32)

@@ -1,7 +1,9 @@
-"""Class prototypes and query logits: native C++ for host arrays, CUDA for GPU tensors, numpy as the reference.
+"""Class prototypes, query logits and head adaptation: native C++ for host arrays, CUDA for GPU tensors, numpy
+as the reference.
 
     protos = kernels.prototypes(embeddings, labels, num_classes=20)        # (C, D) from (N, D), (N,)
     scores = kernels.logits(queries, protos, metric="cosine", scale=10.0)  # (M, C)
+    weight, bias = kernels.adapt_head(embeddings, labels, 20, steps=100)   # (C, D), (C,): a fitted linear head
     kernels.last_backend()                                                 # "native-cpu"
 
 `backend="auto"` uses the compiled module `metaedge._C` where it was built and the numpy reference
@@ -23,10 +25,15 @@ from metaedge import _reference
 from metaedge._reference import (
     as_float_matrix,
     as_labels,
+    as_step_sizes,
+    check_float32,
+    check_init,
     check_logits_shapes,
     check_metric,
     check_prototypes_shapes,
     check_scale,
+    check_step_size_shapes,
+    check_steps,
     to_numpy,
 )
 from metaedge.errors import KernelInputError, MetaedgeError
@@ -122,6 +129,65 @@ def logits(queries, prototypes, metric: str = "cosine", scale: float = 1.0, *, b
             out = _C.logits_cpu(q, p, metric, scale)
         return _served("native-cpu", out)
     return _served("reference", _reference.logits(q, p, metric, scale))
+
+
+def adapt_head(
+    embeddings,
+    labels,
+    num_classes: int,
+    steps: int = 50,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    init: str = "prototypes",
+    lr_weight=None,
+    lr_bias=None,
+    *,
+    backend: str = "auto",
+) -> tuple[Any, Any]:
+    """Fit a linear softmax head (logits = X @ W.T + b) to a support set, the whole gradient-descent loop in one call.
+
+    embeddings: array of shape (N, D), real numbers (converted to float32): the support embeddings X.
+    labels: integer array of shape (N,), values in [0, num_classes), every class at least once.
+    num_classes: C, the number of classes (the way of the episode).
+    steps: number of full-batch gradient steps, >= 0 (0 returns the initialisation).
+    lr: the step size of W and b (where lr_weight / lr_bias do not replace it); finite.
+    weight_decay: L2 penalty 0.5 * weight_decay * ||W||^2 on the weight (not the bias); finite.
+    init: "prototypes" starts from W0 = the L2-normalised class means (weight imprinting, `prototypes`), "zeros"
+        from W0 = 0; b0 = 0 either way.
+    lr_weight: optional array of shape (C, D), a step size per weight entry (Meta-SGD); finite.
+    lr_bias: optional array of shape (C,), a step size per bias entry; finite.
+    backend: "auto", "native" or "reference" (see the module docstring).
+
+    Each step is one step of plain gradient descent on mean cross-entropy + 0.5 * weight_decay * ||W||^2: with
+    P = softmax(X W^T + b) (N, C) and G = (P - onehot(labels)) / N,
+        W -= lr_W * (G^T X + weight_decay * W),   b -= lr_b * G.sum(axis=0).
+    With init="zeros", weight_decay=0 and no per-parameter step sizes it is torch.optim.SGD(lr) on
+    F.cross_entropy(X @ W.T + b, labels), step for step.
+
+    Returns (weight, bias) of shapes (C, D) and (C,), float32: numpy arrays for host inputs, torch tensors on the
+    same device for CUDA inputs.
+    Raises KernelInputError for wrong shapes or dtypes, an out-of-range label, a class with no samples, negative
+    steps, a non-finite lr, weight_decay or step size, or an unknown init.
+    """
+    _check_backend(backend)
+    init = check_init(init)
+    steps = check_steps(steps)
+    lr = check_float32(lr, "lr")
+    weight_decay = check_float32(weight_decay, "weight_decay")
+    if _on_cuda(embeddings):
+        return _adapt_head_cuda(embeddings, labels, num_classes, steps, lr, weight_decay, init, lr_weight, lr_bias,
+                                backend)  # fmt: skip
+    emb = as_float_matrix(embeddings, "embeddings")
+    lab = as_labels(labels)
+    num_classes = check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+    lr_w, lr_b = as_step_sizes(lr_weight, lr_bias, num_classes, emb.shape[1])
+    if _use_native(backend):
+        # Labels are checked by the C++ itself, before it starts.
+        with _as_kernel_errors():
+            out = _C.adapt_head_cpu(emb, lab, num_classes, steps, lr, weight_decay, init, lr_w, lr_b)
+        return _served("native-cpu", out)
+    out = _reference.adapt_head(emb, lab, num_classes, steps, lr, weight_decay, init, lr_w, lr_b)
+    return _served("reference", out)
 
 
 # ---- dispatch -----------------------------------------------------------------------------------------------
@@ -241,3 +307,59 @@ def _logits_cuda(queries, prototypes, metric: str, scale: float, backend: str) -
     with _as_kernel_errors(), torch.cuda.device(q.device):
         _C.logits_cuda(q.data_ptr(), p.data_ptr(), out.data_ptr(), m, c, d, metric, scale, _stream(torch, q.device))
     return _served("native-cuda", out)
+
+
+def _adapt_head_cuda(embeddings, labels, num_classes, steps: int, lr: float, weight_decay: float, init: str,
+                     lr_weight, lr_bias, backend: str) -> tuple[Any, Any]:  # fmt: skip
+    import torch
+
+    emb = _device_tensor(torch, embeddings, "embeddings")
+    if emb.is_complex() or emb.dtype == torch.bool:
+        raise KernelInputError(f"embeddings must hold real numbers, got dtype {emb.dtype}")
+    lab = _device_tensor(torch, labels, "labels", emb.device)
+    if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+        raise KernelInputError(f"labels must be integers, got dtype {lab.dtype}")
+    num_classes = check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+    step_sizes = []
+    for x, name in ((lr_weight, "lr_weight"), (lr_bias, "lr_bias")):
+        t = None if x is None else _device_tensor(torch, x, name, emb.device)
+        if t is not None and (t.is_complex() or t.dtype == torch.bool):
+            raise KernelInputError(f"{name} must hold real numbers, got dtype {t.dtype}")
+        step_sizes.append(t)
+    lr_w, lr_b = step_sizes
+    check_step_size_shapes(None if lr_w is None else lr_w.shape, None if lr_b is None else lr_b.shape,
+                           num_classes, emb.shape[1])  # fmt: skip
+    if not _use_native_cuda(backend):
+        # No CUDA kernels here (or the reference asked for): compute on the host, hand back on the device.
+        device = emb.device
+        host = [None if t is None else to_numpy(t, name) for t, name in ((lr_w, "lr_weight"), (lr_b, "lr_bias"))]
+        w, b = adapt_head(to_numpy(emb, "embeddings"), to_numpy(lab, "labels"), num_classes, steps, lr, weight_decay,
+                          init, *host, backend=backend)  # fmt: skip
+        return torch.from_numpy(w).to(device), torch.from_numpy(b).to(device)
+
+    emb = emb.to(torch.float32).contiguous()
+    lab = lab.to(torch.int64).contiguous()
+    lr_w = None if lr_w is None else lr_w.to(torch.float32).contiguous()
+    lr_b = None if lr_b is None else lr_b.to(torch.float32).contiguous()
+    n, d = emb.shape
+    weight = torch.empty((num_classes, d), dtype=torch.float32, device=emb.device)
+    bias = torch.empty((num_classes,), dtype=torch.float32, device=emb.device)
+    # The launcher checks labels and step sizes on the device and reads the verdict back once, raising here.
+    with _as_kernel_errors(), torch.cuda.device(emb.device):
+        _C.adapt_head_cuda(
+            emb.data_ptr(),
+            lab.data_ptr(),
+            0 if lr_w is None else lr_w.data_ptr(),
+            0 if lr_b is None else lr_b.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
+            n,
+            d,
+            num_classes,
+            steps,
+            lr,
+            weight_decay,
+            init,
+            _stream(torch, emb.device),
+        )
+    return _served("native-cuda", (weight, bias))

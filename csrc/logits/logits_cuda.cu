@@ -2,10 +2,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
+#include "metaedge/cuda_utils.h"
 #include "metaedge/logits.h"
 
 namespace metaedge {
@@ -14,42 +14,6 @@ namespace {
 constexpr int kTile = 16;
 constexpr int kMaxGridY = 65535;
 constexpr float kNormEps = 1e-12f;  // torch.nn.functional.normalize's default
-
-void Check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess) {
-    throw std::runtime_error(std::string("metaedge CUDA: ") + what + ": " +
-                             cudaGetErrorString(error));
-  }
-}
-
-// Runs on the device that owns the buffers (not whatever device happens to be current), and
-// refuses host pointers outright: a direct caller could otherwise crash the process.
-class DeviceGuard {
- public:
-  DeviceGuard(std::initializer_list<std::uintptr_t> pointers) {
-    Check(cudaGetDevice(&previous_), "cudaGetDevice");
-    int device = -1;
-    for (std::uintptr_t pointer : pointers) {
-      cudaPointerAttributes attributes{};
-      Check(cudaPointerGetAttributes(&attributes, reinterpret_cast<const void*>(pointer)),
-            "cudaPointerGetAttributes");
-      if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged) {
-        throw std::invalid_argument("logits_cuda: a buffer is not CUDA device memory");
-      }
-      if (device >= 0 && attributes.device != device) {
-        throw std::invalid_argument("logits_cuda: the buffers are on different devices");
-      }
-      device = attributes.device;
-    }
-    if (device != previous_) Check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
 
 // grid (ceil(m / 16), ceil(c / 16)), block (16, 16): thread (x, y) computes out[q0 + y][p0 + x].
 // Per step of 16 features, thread (x, y) loads feature x of query row y and of prototype row y,
@@ -119,7 +83,7 @@ void LogitsCuda(std::uintptr_t queries, std::uintptr_t prototypes, std::uintptr_
     throw std::invalid_argument("logits_cuda: M=" + std::to_string(m) + ", C=" + std::to_string(c) +
                                 " exceed the launch grid");
   }
-  DeviceGuard guard{queries, prototypes, out};
+  DeviceGuard guard("logits_cuda", {queries, prototypes, out});
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const auto* queries_ptr = reinterpret_cast<const float*>(queries);
   const auto* prototypes_ptr = reinterpret_cast<const float*>(prototypes);

@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
+#include "metaedge/cuda_utils.h"
 #include "metaedge/prototypes.h"
 
 namespace metaedge {
@@ -24,42 +24,6 @@ constexpr unsigned long long kNone = ~0ull;
 struct Status {
   unsigned long long first_bad_row;      // row whose label is outside [0, num_classes)
   unsigned long long first_empty_class;  // class no row is labelled with
-};
-
-void Check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess) {
-    throw std::runtime_error(std::string("metaedge CUDA: ") + what + ": " +
-                             cudaGetErrorString(error));
-  }
-}
-
-// Runs on the device that owns the buffers (not whatever device happens to be current), and
-// refuses host pointers outright: a direct caller could otherwise crash the process.
-class DeviceGuard {
- public:
-  DeviceGuard(std::initializer_list<std::uintptr_t> pointers) {
-    Check(cudaGetDevice(&previous_), "cudaGetDevice");
-    int device = -1;
-    for (std::uintptr_t pointer : pointers) {
-      cudaPointerAttributes attributes{};
-      Check(cudaPointerGetAttributes(&attributes, reinterpret_cast<const void*>(pointer)),
-            "cudaPointerGetAttributes");
-      if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged) {
-        throw std::invalid_argument("prototypes_cuda: a buffer is not CUDA device memory");
-      }
-      if (device >= 0 && attributes.device != device) {
-        throw std::invalid_argument("prototypes_cuda: the buffers are on different devices");
-      }
-      device = attributes.device;
-    }
-    if (device != previous_) Check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
 };
 
 // Stream-ordered scratch for the Status, so that concurrent calls on different streams never share
@@ -184,7 +148,7 @@ void PrototypesCuda(std::uintptr_t embeddings, std::uintptr_t labels, std::uintp
     throw std::invalid_argument("prototypes_cuda: num_classes=" + std::to_string(num_classes) +
                                 ", D=" + std::to_string(d) + " exceed the launch grid");
   }
-  DeviceGuard guard{embeddings, labels, out};
+  DeviceGuard guard("prototypes_cuda", {embeddings, labels, out});
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const auto* embeddings_ptr = reinterpret_cast<const float*>(embeddings);
   const auto* labels_ptr = reinterpret_cast<const std::int64_t*>(labels);
