@@ -9,6 +9,7 @@
 #include "metaedge/adapt_head.h"
 #include "metaedge/logits.h"
 #include "metaedge/prototypes.h"
+#include "metaedge/python.h"
 
 namespace py = pybind11;
 

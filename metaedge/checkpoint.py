@@ -36,6 +36,18 @@ class Checkpoint:
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(self.meta["preprocess"])
 
+    @property
+    def views(self) -> int:
+        return int(self.meta.get("views", 1))
+
+    def set_views(self, count: int) -> None:
+        """Embed through `count` test-time views (models/views.py) from now on; export records the count."""
+        try:
+            self.method.set_views(count, self.preprocess.size)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        self.meta = {**self.meta, "views": count}
+
 
 def versions() -> dict:
     return {"metaedge": metaedge.__version__, "torch": torch.__version__, "python": platform.python_version()}
@@ -113,8 +125,11 @@ def load(path: str | os.PathLike, which: str = BEST, map_location: str = "cpu") 
         method.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the architecture in its metadata: {e}") from None
+    loaded = Checkpoint(method=method, meta=meta, path=path)
+    if loaded.views > 1:
+        loaded.set_views(loaded.views)
     method.to(map_location).eval()
-    return Checkpoint(method=method, meta=meta, path=path)
+    return loaded
 
 
 def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer, meta: dict) -> None:

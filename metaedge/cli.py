@@ -56,12 +56,26 @@ def train(
     holdout_groups: Annotated[int, typer.Option(help="Groups (alphabets) held out for testing.")] = 2,
     val_groups: Annotated[int, typer.Option(help="Further groups held out to pick the best checkpoint.")] = 1,
     rotations: Annotated[bool, typer.Option(help="Each 90-degree rotation of a class is a new class.")] = True,
+    flips: Annotated[bool, typer.Option(help="With --rotations: mirror images of classes are new classes.")] = False,
     augment: Annotated[bool, typer.Option(help="Random affine warps of training images.")] = True,
+    elastic: Annotated[
+        float, typer.Option(help="With --augment: elastic distortion, largest displacement as a fraction of the side.")
+    ] = 0.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed).")] = 1e-3,
     meta_batch: Annotated[int, typer.Option(help="Tasks per meta-update.")] = 1,
     inner_steps: Annotated[int | None, typer.Option(help="Inner-loop steps (maml, fomaml, anil, metasgd).")] = None,
     inner_lr: Annotated[float | None, typer.Option(help="Inner-loop step size (metasgd: its start).")] = None,
+    strokes: Annotated[
+        list[Path] | None, typer.Option(help="Stroke files (folder or zip) of the --data images; repeat for several.")
+    ] = None,
+    stroke_variants: Annotated[
+        int, typer.Option(help="With --strokes: re-renderings of each training drawing from its pen trajectory.")
+    ] = 0,
     val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N episodes.")] = 500,
+    val_way: Annotated[int, typer.Option(help="Classes per validation episode.")] = 5,
+    val_within_group: Annotated[
+        bool, typer.Option(help="Validate within one group, support and query by different drawers.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the episodes.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -79,8 +93,9 @@ def train(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
         width=width, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
-        meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr,
-        val_every=val_every, seed=seed, device=device,
+        meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
+        strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,
+        val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, device=device,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     try:
@@ -111,6 +126,9 @@ def evaluate(
     groups: Annotated[str | None, typer.Option(help="Comma-separated groups; default: held-out ones.")] = None,
     seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    views: Annotated[
+        int | None, typer.Option(help="Embed each image as the mean over N fixed warps of it (1-9); default: 1.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Mean accuracy and 95% confidence interval over seeded episodes of classes the model never trained on."""
@@ -121,7 +139,7 @@ def evaluate(
         result = evaluate_checkpoint(
             checkpoint, data, groups=groups.split(",") if groups else None, device=pick_device(device),
             way=way, shot=shot, query=query, episodes=episodes, within_group=within_group,
-            disjoint_drawers=disjoint_drawers, seed=seed,
+            disjoint_drawers=disjoint_drawers, seed=seed, views=views,
         )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))
@@ -151,6 +169,9 @@ def export_cmd(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
     list_targets: Annotated[bool, typer.Option(help="List the board profiles and exit.")] = False,
+    views: Annotated[
+        int | None, typer.Option(help="Test-time views (1-9) built into the graph: each image embedded as a mean.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a checkpoint to a verified deployment bundle: ONNX backbone, manifest, parity report."""
@@ -165,7 +186,7 @@ def export_cmd(
         result = export_checkpoint(
             checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
             calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
-            verify_data=[str(p) for p in verify_data or []],
+            verify_data=[str(p) for p in verify_data or []], views=views,
         )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))

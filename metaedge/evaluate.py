@@ -131,18 +131,26 @@ def evaluate_checkpoint(
     *,
     groups: Sequence[str] | None = None,
     device: str = "cpu",
+    views: int | None = None,
     **protocol,
 ) -> EvalResult:
     """Evaluate a run directory (its best checkpoint), a checkpoint file, or an exported bundle.
 
     By default the data are the roots it trained from, and the groups its held-out test groups,
     which training never saw. A bundle is evaluated as the device runs it: ONNX Runtime and the kernels.
+    views: embed each image as the mean over this many test-time views (models/views.py); default: the
+    checkpoint's own (1 unless set). A bundle's views are part of its ONNX graph, fixed at export.
     """
     from metaedge import bundle as bundle_io
 
     if (Path(checkpoint) / bundle_io.MANIFEST).is_file():
+        if views is not None:
+            raise DataError(f"{checkpoint}: a bundle's test-time views are fixed at export; evaluate it without views")
         return _evaluate_bundle(bundle_io.load(checkpoint), data, groups, **protocol)
     loaded = ckpt.load(checkpoint, map_location=device)
+    if views is not None:
+        loaded.set_views(views)
+        loaded.method.to(device)
     dataset = _held_out(loaded.meta, str(loaded.path), data, groups)
     return evaluate(loaded.method, dataset.load(loaded.preprocess), device=device, **protocol)
 

@@ -66,7 +66,20 @@ class ExportResult:
 
 def model_id(checkpoint: ckpt.Checkpoint) -> str:
     digest = hashlib.sha256(Path(checkpoint.path).read_bytes()).hexdigest()[:12]
-    return f"{checkpoint.meta['algorithm']['name']}-{checkpoint.meta['backbone']['name']}-{digest}"
+    base = f"{checkpoint.meta['algorithm']['name']}-{checkpoint.meta['backbone']['name']}-{digest}"
+    # Views change every embedding, so a gallery enrolled without them must not match a bundle with them.
+    return base if checkpoint.views == 1 else f"{base}-v{checkpoint.views}"
+
+
+class _Embedder(torch.nn.Module):
+    """What the device runs: the method's eval-mode embedding (the backbone, through any test-time views)."""
+
+    def __init__(self, method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.embed(x)
 
 
 def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -76,7 +89,7 @@ def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OP
     and batch norm into the convolutions.
     """
     spec = checkpoint.preprocess
-    backbone = checkpoint.method.backbone.eval().cpu()
+    backbone = _Embedder(checkpoint.method.cpu()).eval()
     example = torch.zeros(2, spec.channels, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter logs that torchvision is absent and warns about its own internals: noise for our users.
@@ -176,6 +189,7 @@ def export_checkpoint(
     overwrite: bool = False,
     adaptation: AdaptationDefaults | None = None,
     parity_episodes: int = 200,
+    views: int | None = None,
 ) -> ExportResult:
     """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails."""
     t0 = time.perf_counter()
@@ -187,6 +201,8 @@ def export_checkpoint(
         raise ExportError("--int8 needs --calibration-data: real images to calibrate the quantisation on")
     profile = get_target(target)
     loaded = ckpt.load(checkpoint)
+    if views is not None:
+        loaded.set_views(views)
     spec = loaded.preprocess
     settings = engine_settings(profile, spec, fp16, int8) if fmt == "tensorrt" else None
     if dry_run:
@@ -269,6 +285,7 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
             **meta["backbone"],
             "file": "backbone.onnx",
             "opset": opset,
+            "views": loaded.views,  # test-time views inside the graph (models/views.py)
             "input": {"name": INPUT, "shape": ["batch", spec.channels, spec.size, spec.size], "dtype": "float32"},
             "output": {"name": OUTPUT, "shape": ["batch", method.backbone.embedding_dim], "dtype": "float32"},
         },  # fmt: skip

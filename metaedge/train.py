@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from metaedge import checkpoint as ckpt
 from metaedge import distributed
 from metaedge.data import AffineAugment, EpisodeSampler, PreprocessSpec, apply_split, open_dataset, split_groups
+from metaedge.data.strokes import StrokeIndex
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
 
@@ -39,7 +40,11 @@ class TrainConfig:
     holdout_groups: int = 2
     val_groups: int = 1
     rotations: bool = True
+    flips: bool = False
     augment: bool = True
+    elastic: float = 0.0
+    strokes: list[str] = field(default_factory=list)
+    stroke_variants: int = 0
     lr: float = 1e-3
     meta_batch: int = 1
     inner_steps: int | None = None
@@ -50,6 +55,7 @@ class TrainConfig:
     val_way: int = 5
     val_shot: int = 1
     val_query: int = 5
+    val_within_group: bool = False
     seed: int = 0
     device: str = "auto"
     preprocess: dict = field(default_factory=dict)
@@ -136,8 +142,9 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, config.seed)
     train_set, val_set, _ = apply_split(dataset, split)
     if config.rotations:
-        train_set = train_set.with_rotations()
-    train_data = train_set.load(spec)
+        train_set = train_set.with_rotations(flips=config.flips)
+    strokes = StrokeIndex(config.strokes) if config.strokes and config.stroke_variants > 0 else None
+    train_data = train_set.load(spec, strokes, config.stroke_variants, config.seed)
     val_data = val_set.load(spec) if val_set.classes else None
 
     torch.manual_seed(config.seed)
@@ -154,7 +161,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     sampler = EpisodeSampler(
         train_data.labels, train_data.class_groups, config.way, config.shot, config.query, seed=config.seed
     )
-    augment = AffineAugment() if config.augment else None
+    augment = AffineAugment(elastic=config.elastic) if config.augment else None
     meta = {
         **_arch_meta(config),
         "preprocess": spec.to_dict(),
@@ -187,6 +194,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                     result = evaluate(
                         method, val_data, way=min(config.val_way, val_data.num_classes), shot=config.val_shot,
                         query=config.val_query, episodes=config.val_episodes, seed=config.seed, device=device,
+                        within_group=config.val_within_group, disjoint_drawers=config.val_within_group,
                     )  # fmt: skip
                     method.train()
                     row["val_accuracy"], row["val_ci95"] = result.accuracy, result.ci95

@@ -39,15 +39,6 @@ constexpr std::int64_t kKc = 128;
 constexpr std::int64_t kParallelWork = std::int64_t{1} << 19;
 constexpr std::size_t kAlignment = 64;  // one cache line; also the widest SIMD register
 
-// Python's repr of a shape tuple, so that the messages match the ones raised in Python.
-std::string ShapeString(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    s += (i ? ", " : "") + std::to_string(a.shape(i));
-  }
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
 std::int64_t RoundUp(std::int64_t value, std::int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
@@ -570,59 +561,6 @@ void AdaptHeadCpuKernel(const float* embeddings, const std::int64_t* labels, con
     const Team team(primal_step >= kParallelWork);
     PrimalLoop(team, embeddings, labels, lr_weight, lr_bias, weight, bias, s, options);
   }
-}
-
-std::pair<py::array_t<float>, py::array_t<float>> AdaptHeadCpu(
-    const FloatArray& embeddings, const LabelArray& labels, std::int64_t num_classes,
-    std::int64_t steps, double lr, double weight_decay, const std::string& init,
-    const std::optional<FloatArray>& lr_weight, const std::optional<FloatArray>& lr_bias,
-    const std::string& form) {
-  AdaptHeadOptions options;
-  options.init = ParseHeadInit(init);
-  options.form = ParseHeadForm(form);
-  CheckAdaptHeadScalars(steps, lr, weight_decay);
-  options.steps = steps;
-  options.lr = static_cast<float>(lr);
-  options.weight_decay = static_cast<float>(weight_decay);
-  if (embeddings.ndim() != 2) {
-    throw std::invalid_argument("embeddings must be 2-D (N, D), got shape " +
-                                ShapeString(embeddings));
-  }
-  if (labels.ndim() != 1) {
-    throw std::invalid_argument("labels must be 1-D (N,), got shape " + ShapeString(labels));
-  }
-  const std::int64_t n = embeddings.shape(0);
-  const std::int64_t d = embeddings.shape(1);
-  if (labels.shape(0) != n) {
-    throw std::invalid_argument("embeddings has " + std::to_string(n) + " rows but labels has " +
-                                std::to_string(labels.shape(0)) + " entries");
-  }
-  CheckPrototypesArgs(n, d, num_classes);
-  const std::string c_str = std::to_string(num_classes);
-  if (lr_weight &&
-      (lr_weight->ndim() != 2 || lr_weight->shape(0) != num_classes || lr_weight->shape(1) != d)) {
-    throw std::invalid_argument("lr_weight must have shape (C, D) = (" + c_str + ", " +
-                                std::to_string(d) + "), got " + ShapeString(*lr_weight));
-  }
-  if (lr_bias && (lr_bias->ndim() != 1 || lr_bias->shape(0) != num_classes)) {
-    throw std::invalid_argument("lr_bias must have shape (C,) = (" + c_str + ",), got " +
-                                ShapeString(*lr_bias));
-  }
-
-  py::array_t<float> weight({num_classes, d});
-  py::array_t<float> bias(num_classes);
-  const float* embeddings_ptr = embeddings.data();
-  const std::int64_t* labels_ptr = labels.data();
-  const float* lr_weight_ptr = lr_weight ? lr_weight->data() : nullptr;
-  const float* lr_bias_ptr = lr_bias ? lr_bias->data() : nullptr;
-  float* weight_ptr = weight.mutable_data();
-  float* bias_ptr = bias.mutable_data();
-  {
-    py::gil_scoped_release release;
-    AdaptHeadCpuKernel(embeddings_ptr, labels_ptr, lr_weight_ptr, lr_bias_ptr, weight_ptr, bias_ptr,
-                       n, d, num_classes, options);
-  }
-  return {weight, bias};
 }
 
 }  // namespace metaedge

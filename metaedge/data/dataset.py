@@ -15,6 +15,7 @@ from PIL import Image
 
 from metaedge.data.preprocess import PreprocessSpec
 from metaedge.data.sources import Source
+from metaedge.data.strokes import StrokeIndex, parse_strokes, render_variants, variant_seed
 from metaedge.errors import DataError
 
 # Omniglot names files `<character id>_<drawer>.png`; the trailing number is the person who drew it.
@@ -32,17 +33,20 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One class: its group (alphabet), its name, its images; `rotation` k means every image turned k x 90 degrees."""
+    """One class: its group (alphabet), its name, its images; `rotation` k means every image turned k x 90 degrees,
+    `flip` that it is then mirrored left to right."""
 
     group: str
     name: str
     images: tuple[ImageRef, ...]
     rotation: int = 0
+    flip: bool = False
 
     @property
     def key(self) -> str:
         base = f"{self.group}/{self.name}"
-        return base if self.rotation == 0 else f"{base}@rot{90 * self.rotation}"
+        base = base if self.rotation == 0 else f"{base}@rot{90 * self.rotation}"
+        return f"{base}@flip" if self.flip else base
 
 
 @dataclass
@@ -64,9 +68,13 @@ class ImageDataset:
             raise DataError(f"unknown group(s) {sorted(unknown)}; this dataset has {self.groups()}")
         return replace(self, classes=[c for c in self.classes if c.group in wanted])
 
-    def with_rotations(self, rotations: Sequence[int] = (0, 1, 2, 3)) -> ImageDataset:
-        """Class augmentation: each k x 90 degree rotation of a class becomes a class of its own."""
-        classes = [replace(c, rotation=k) for c in self.classes if c.rotation == 0 for k in rotations]
+    def with_rotations(self, rotations: Sequence[int] = (0, 1, 2, 3), flips: bool = False) -> ImageDataset:
+        """Class augmentation: each k x 90 degree rotation of a class becomes a class of its own, and with `flips`
+        each mirror image of those too (the 8 symmetries of the square: a mirrored character is another character).
+        """
+        mirrors = (False, True) if flips else (False,)
+        classes = [replace(c, rotation=k, flip=f) for c in self.classes if c.rotation == 0 and not c.flip
+                   for k in rotations for f in mirrors]  # fmt: skip
         return replace(self, classes=classes)
 
     @property
@@ -83,18 +91,26 @@ class ImageDataset:
             "duplicate_classes_dropped": len(self.duplicates),
         }
 
-    def load(self, spec: PreprocessSpec) -> LoadedDataset:
-        """Decode every image once, resized by `spec`: raises DataError naming the first corrupt file."""
+    def load(
+        self, spec: PreprocessSpec, strokes: StrokeIndex | None = None, stroke_variants: int = 0, seed: int = 0
+    ) -> LoadedDataset:
+        """Decode every image once, resized by `spec`: raises DataError naming the first corrupt file.
+
+        With `strokes` and `stroke_variants` > 0, each image is followed by that many re-renderings of its
+        pen trajectory (data/strokes.py), of the same class and drawer; an image without a stroke file is an error.
+        """
         cache: dict[ImageRef, np.ndarray] = {}
         pixels, labels, drawers = [], [], []
         for index, cls in enumerate(self.classes):
             for ref in cls.images:
                 arr = cache.get(ref)
                 if arr is None:
-                    arr = cache[ref] = decode(self.sources[ref.source], ref.member, spec)
-                pixels.append(np.rot90(arr, cls.rotation, axes=(1, 2)) if cls.rotation else arr)
-                labels.append(index)
-                drawers.append(-1 if ref.drawer is None else ref.drawer)
+                    arr = cache[ref] = self._decode_with_variants(ref, spec, strokes, stroke_variants, seed)
+                out = np.rot90(arr, cls.rotation, axes=(2, 3)) if cls.rotation else arr
+                out = out[:, :, :, ::-1] if cls.flip else out
+                pixels.extend(out)
+                labels.extend([index] * len(out))
+                drawers.extend([-1 if ref.drawer is None else ref.drawer] * len(out))
         if not pixels:
             raise DataError("the dataset has no images")
         return LoadedDataset(
@@ -105,6 +121,18 @@ class ImageDataset:
             class_keys=[c.key for c in self.classes],
             spec=spec,
         )
+
+    def _decode_with_variants(self, ref: ImageRef, spec, strokes, variants: int, seed: int) -> np.ndarray:
+        """(1 + variants, C, S, S): the image, then its stroke re-renderings."""
+        arr = decode(self.sources[ref.source], ref.member, spec)[None]
+        if strokes is None or variants <= 0:
+            return arr
+        found = strokes.find(ref.member)
+        if found is None:
+            raise DataError(f"{self.sources[ref.source].describe(ref.member)}: no stroke file for this image")
+        text, where = found
+        rendered = render_variants(parse_strokes(text, where), variants, spec, variant_seed(ref.member, seed))
+        return np.concatenate([arr, rendered])
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from metaedge.errors import MetaedgeError
+from metaedge.models.views import TestTimeViews
 
 _METHODS: dict[str, type[FewShotMethod]] = {}
 
@@ -46,6 +47,11 @@ class FewShotMethod(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+        self.views: TestTimeViews | None = None
+
+    def set_views(self, count: int, size: int) -> None:
+        """Embed in eval mode as the mean over `count` fixed warps of each image (models/views.py); 1 turns it off."""
+        self.views = TestTimeViews(count, size) if count > 1 else None
 
     def config(self) -> dict:
         """The method's hyperparameters, as stored in a checkpoint and passed back to the constructor."""
@@ -53,6 +59,9 @@ class FewShotMethod(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> embeddings (B, D)."""
+        if self.views is not None and not self.training:
+            # Views are a test-time device: training sees random warps of its own (data/augment.py).
+            return self.views(self.backbone, images)
         return self.backbone(images)
 
     def episode_logits(

@@ -97,3 +97,15 @@ def test_real_omniglot_small_sets(omniglot_zips):
     assert ds.num_images == 4840
     assert len(ds.duplicates) == 24 + 26  # Greek and Latin characters of the second set
     assert {r.drawer for c in ds.classes for r in c.images} == set(range(1, 21))
+
+
+def test_flips_add_the_mirror_image_of_every_rotation(tmp_path):
+    ds = open_dataset(make_tree(omniglot_like({"Alpha": 2}, drawers=1), tmp_path / "r")).with_rotations(flips=True)
+    keys = [c.key for c in ds.classes]
+    assert len(keys) == len(set(keys)) == 2 * 8  # the 8 symmetries of the square, per character
+    assert keys[:3] == ["Alpha/character01", "Alpha/character01@flip", "Alpha/character01@rot90"]
+    px = ds.load(PreprocessSpec(size=16)).pixels
+    np.testing.assert_array_equal(px[1], px[0][:, :, ::-1])
+    np.testing.assert_array_equal(px[3], np.rot90(px[0], 1, axes=(1, 2))[:, :, ::-1])
+    # Applied to a dataset that already has them, nothing multiplies twice.
+    assert len(ds.with_rotations(flips=True).classes) == 16

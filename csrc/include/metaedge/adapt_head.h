@@ -1,18 +1,12 @@
 // Head adaptation: a linear softmax head trained on a support set by full-batch gradient descent.
 #pragma once
 
-#include <pybind11/numpy.h>
-
 #include <cstdint>
-#include <optional>
 #include <string>
-#include <utility>
 
 #include "metaedge/prototypes.h"
 
 namespace metaedge {
-
-namespace py = pybind11;
 
 // W0 = the L2-normalised class means (weight imprinting) or 0; b0 = 0 either way.
 enum class HeadInit { kPrototypes, kZeros };
@@ -51,15 +45,6 @@ void CheckStepSizesFinite(const float* values, std::int64_t count, const char* n
 void AdaptHeadCpuKernel(const float* embeddings, const std::int64_t* labels, const float* lr_weight,
                         const float* lr_bias, float* weight, float* bias, std::int64_t n,
                         std::int64_t d, std::int64_t num_classes, const AdaptHeadOptions& options);
-
-// numpy front end of AdaptHeadCpuKernel: embeddings (N, D) float32, labels (N,) int64, optional
-// lr_weight (C, D) and lr_bias (C,) float32 -> (weight (C, D), bias (C,)) float32. Checks shapes
-// and scalars, then computes with the GIL released.
-std::pair<py::array_t<float>, py::array_t<float>> AdaptHeadCpu(
-    const FloatArray& embeddings, const LabelArray& labels, std::int64_t num_classes,
-    std::int64_t steps, double lr, double weight_decay, const std::string& init,
-    const std::optional<FloatArray>& lr_weight, const std::optional<FloatArray>& lr_bias,
-    const std::string& form);
 
 #ifdef METAEDGE_WITH_CUDA
 // Device pointers (as integers): embeddings (n, d) float32, labels (n,) int64, lr_weight

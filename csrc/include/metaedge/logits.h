@@ -1,14 +1,10 @@
 // Query-to-prototype logits: negative squared Euclidean distance or scaled cosine similarity.
 #pragma once
 
-#include <pybind11/numpy.h>
-
 #include <cstdint>
 #include <string>
 
 namespace metaedge {
-
-namespace py = pybind11;
 
 enum class Metric { kSqEuclidean, kCosine };
 
@@ -23,13 +19,6 @@ void CheckLogitsArgs(std::int64_t m, std::int64_t c, std::int64_t d, double scal
 // cosine:      out[i][k] = scale * <q_i / max(||q_i||, 1e-12), p_k / max(||p_k||, 1e-12)>
 void LogitsCpuKernel(const float* queries, const float* prototypes, float* out, std::int64_t m,
                      std::int64_t c, std::int64_t d, Metric metric, float scale);
-
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-// numpy front end of LogitsCpuKernel: queries (M, D), prototypes (C, D) -> (M, C) float32.
-// Checks arguments, then computes with the GIL released.
-py::array_t<float> LogitsCpu(const FloatArray& queries, const FloatArray& prototypes,
-                             const std::string& metric, double scale);
 
 #ifdef METAEDGE_WITH_CUDA
 // Device pointers (as integers): queries (m, d), prototypes (c, d), out (m, c), float32,

@@ -1,18 +1,9 @@
 // Class prototypes: the mean embedding of each class of a support set, optionally L2-normalised.
 #pragma once
 
-#include <pybind11/numpy.h>
-
 #include <cstdint>
 
 namespace metaedge {
-
-namespace py = pybind11;
-
-// forcecast: pybind11 converts other dtypes and layouts itself, so a direct caller cannot hand the
-// kernel a strided or float64 buffer; metaedge.kernels converts once beforehand, so none is made.
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using LabelArray = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
 
 // Throws std::invalid_argument unless num_classes >= 1 and the (n, d) embeddings are non-empty.
 void CheckPrototypesArgs(std::int64_t n, std::int64_t d, std::int64_t num_classes);
@@ -26,11 +17,6 @@ void CheckPrototypesArgs(std::int64_t n, std::int64_t d, std::int64_t num_classe
 // Checks every label before touching `out` (std::invalid_argument: out of range, empty class).
 void PrototypesCpuKernel(const float* embeddings, const std::int64_t* labels, float* out,
                          std::int64_t n, std::int64_t d, std::int64_t num_classes, bool normalize);
-
-// numpy front end of PrototypesCpuKernel: embeddings (N, D) float32, labels (N,) int64 ->
-// (num_classes, D) float32. Checks shapes, then computes with the GIL released.
-py::array_t<float> PrototypesCpu(const FloatArray& embeddings, const LabelArray& labels,
-                                 std::int64_t num_classes, bool normalize);
 
 #ifdef METAEDGE_WITH_CUDA
 // Device pointers (as integers, from torch's data_ptr()): embeddings (n, d) float32, labels (n,)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Accuracy against edge latency for candidate models: each exported as the device runs it, then measured.
+
+    python scripts/accuracy_pareto.py --candidate NAME=RUN_DIR[@VIEWS] [--candidate ...] [--episodes 1000]
+        [--json PATH] [--markdown PATH]
+
+For every candidate: export the run's best checkpoint to a bundle (with VIEWS test-time views in the graph,
+default 1; parity-checked as `metaedge export` does), evaluate the bundle through ONNX Runtime and the native
+kernels on the held-out alphabets, within-alphabet 20-way 1-shot with support and query by different drawers
+(Lake et al.'s protocol, seeded episodes), and time `Runtime.classify` of one image, decode to answer, against
+a 20-class on-disk gallery. Prints one row per candidate, marks the Pareto front (no other candidate is both
+more accurate and faster) and whether it meets issue 7's edge budget (classify p50 <= 2 ms, bundle < 20 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metaedge import checkpoint as ckpt
+from metaedge.demo import SAMPLES
+from metaedge.evaluate import evaluate_checkpoint
+from metaedge.exporter import export_checkpoint
+from metaedge.runtime import Runtime
+
+BUDGET_MS, BUDGET_MB = 2.0, 20.0
+
+
+def classify_p50_ms(bundle: Path, queries: int = 200) -> float:
+    chars = sorted(p for p in (SAMPLES / "Korean").iterdir() if p.is_dir())[:20]
+    with tempfile.TemporaryDirectory() as tmp, Runtime(bundle, Path(tmp) / "g.db") as rt:
+        for c in chars:
+            rt.enroll(c.name, sorted(c.glob("*.png"))[:1])
+        pool = [p for c in chars for p in sorted(c.glob("*.png"))[1:]][:queries]
+        rt.classify([pool[0]])  # the first inference allocates; steady state is what a camera loop sees
+        ms = []
+        for q in pool:
+            t = time.perf_counter()
+            rt.classify([q])
+            ms.append(1e3 * (time.perf_counter() - t))
+    return float(np.percentile(ms, 50))
+
+
+def recipe(meta: dict) -> str:
+    c = meta.get("train_config", {})
+    parts = [f"{c.get('algorithm', '?')} {c.get('backbone', '?')}-{c.get('width', '?')} @{c.get('image_size')}px",
+             f"{c.get('way')}-way {c.get('shot')}-shot"]  # fmt: skip
+    parts.append("rot" + ("+flip" if c.get("flips") else "") if c.get("rotations") else "no class aug")
+    if c.get("augment"):
+        parts.append("affine" + (f"+elastic {c['elastic']}" if c.get("elastic") else ""))
+    if c.get("stroke_variants"):
+        parts.append(f"strokes x{c['stroke_variants']}")
+    return ", ".join(parts)
+
+
+def measure(name: str, run: Path, views: int, episodes: int, workdir: Path) -> dict:
+    loaded = ckpt.load(run)
+    bundle = export_checkpoint(run, workdir / name, views=views, overwrite=True, parity_episodes=50).bundle.path
+    size_mb = sum(p.stat().st_size for p in bundle.iterdir()) / 2**20
+    protocol = dict(way=20, shot=1, query=1, episodes=episodes, within_group=True, disjoint_drawers=True, seed=0)
+    result = evaluate_checkpoint(bundle, **protocol)
+    return {
+        "name": name, "run": str(run), "views": views, "recipe": recipe(loaded.meta),
+        "episodes_trained": loaded.meta.get("episode"), "train_minutes": loaded.meta.get("train_seconds", 0) / 60,
+        "accuracy": result.accuracy, "ci95": result.ci95, "groups": result.groups, "eval_episodes": episodes,
+        "classify_p50_ms": classify_p50_ms(bundle), "bundle_mb": size_mb,
+    }  # fmt: skip
+
+
+def mark_front(rows: list[dict]) -> None:
+    for r in rows:
+        better = [o for o in rows if o["accuracy"] > r["accuracy"] and o["classify_p50_ms"] < r["classify_p50_ms"]]
+        r["pareto"] = not better
+        r["within_budget"] = r["classify_p50_ms"] <= BUDGET_MS and r["bundle_mb"] < BUDGET_MB
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| candidate | recipe | trained | views | 20-way 1-shot within-alphabet | classify p50 | bundle | front |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: r["classify_p50_ms"]):
+        mark = ("Pareto" if r["pareto"] else "") + ("" if r["within_budget"] else " (over budget)")
+        lines.append(
+            f"| {r['name']} | {r['recipe']} | {r['episodes_trained']} episodes, {r['train_minutes']:.0f} min | "
+            f"{r['views']} | {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f} | {r['classify_p50_ms']:.2f} ms | "
+            f"{r['bundle_mb']:.2f} MB | {mark.strip()} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidate", action="append", required=True, help="NAME=RUN_DIR[@VIEWS]")
+    ap.add_argument("--episodes", type=int, default=1000)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="metaedge-pareto-") as tmp:
+        for spec in args.candidate:
+            name, _, target = spec.partition("=")
+            run, _, views = target.partition("@")
+            row = measure(name, Path(run), int(views or 1), args.episodes, Path(tmp))
+            print(f"{name}: {100 * row['accuracy']:.2f}% ± {100 * row['ci95']:.2f}, classify p50 "
+                  f"{row['classify_p50_ms']:.2f} ms, {row['bundle_mb']:.2f} MB", flush=True)  # fmt: skip
+            rows.append(row)
+    mark_front(rows)
+    table = markdown(rows)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

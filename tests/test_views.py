@@ -1,0 +1,67 @@
+"""Test-time views: identity first, deterministic, inside the exported graph, and part of the model id."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metaedge import checkpoint as ckpt
+from metaedge.evaluate import embed_all, evaluate_checkpoint
+from metaedge.exporter import export_checkpoint
+from metaedge.models import Conv4
+from metaedge.models.views import MAX_VIEWS, TestTimeViews, check_views
+from metaedge.ort import create_session, run_batched
+
+
+def test_one_view_is_the_backbone_and_the_first_view_is_the_identity():
+    torch.manual_seed(0)
+    net = Conv4(width=8).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(TestTimeViews(1, 28)(net, x), net(x))
+        warped = torch.nn.functional.grid_sample(x, TestTimeViews(2, 28).grid[:1].expand(3, 28, 28, 2),
+                                                 align_corners=False)  # fmt: skip
+    torch.testing.assert_close(warped, x, atol=1e-5, rtol=0)  # grid coordinates round-trip in float32
+
+
+def test_views_average_per_image_independently_of_the_batch():
+    torch.manual_seed(0)
+    net = Conv4(width=8).eval()
+    views = TestTimeViews(MAX_VIEWS, 28)
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        batch = views(net, x)
+        alone = torch.cat([views(net, x[i : i + 1]) for i in range(5)])
+        assert not torch.allclose(batch, net(x), atol=1e-4)
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)  # inductive: no image affects another
+
+
+@pytest.mark.parametrize("bad", [0, MAX_VIEWS + 1])
+def test_out_of_range_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="views must be between"):
+        check_views(bad)
+
+
+@pytest.mark.slow
+def test_exported_views_match_pytorch_and_change_the_model_id(tiny_run_dir, tmp_path):
+    result = export_checkpoint(tiny_run_dir, tmp_path / "b", parity_episodes=20, views=5)
+    manifest = json.loads((result.bundle.path / "manifest.json").read_text())
+    plain = export_checkpoint(tiny_run_dir, tmp_path / "plain", parity_episodes=20)
+    assert manifest["backbone"]["views"] == 5 and result.bundle.model_id == plain.bundle.model_id + "-v5"
+    loaded = ckpt.load(tiny_run_dir)
+    loaded.set_views(5)
+    from metaedge.data import open_dataset
+
+    data = open_dataset(loaded.meta["data"]["roots"]).subset(loaded.meta["split"]["test"][:1]).load(loaded.preprocess)
+    reference = embed_all(loaded.method, data)[:40]
+    out = run_batched(create_session(result.bundle.onnx_path), loaded.preprocess.normalize(data.pixels[:40]))
+    np.testing.assert_allclose(out, reference, atol=1e-4, rtol=1e-4)
+    kw = dict(way=5, shot=1, query=2, episodes=30, seed=1)
+    assert evaluate_checkpoint(tiny_run_dir, views=5, **kw).accuracy == pytest.approx(
+        evaluate_checkpoint(result.bundle.path, **kw).accuracy, abs=0.01
+    )
+    with pytest.raises(Exception, match="fixed at export"):
+        evaluate_checkpoint(result.bundle.path, views=3, **kw)
