@@ -7,12 +7,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import OMNIGLOT, make_tree, omniglot_like
 from PIL import Image
 
 from metaedge.data import PreprocessSpec, open_dataset
 from metaedge.data.strokes import StrokeIndex, StrokeJitter, parse_strokes, render, render_variants
 from metaedge.errors import DataError
-from tests.conftest import OMNIGLOT, make_tree, omniglot_like
 
 STROKE_ZIP = OMNIGLOT / "strokes_background_small1.zip"
 IMAGE_ZIP = OMNIGLOT / "images_background_small1.zip"

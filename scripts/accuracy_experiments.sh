@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduces the experiment rows of BENCHMARKS.md "Accuracy: toward human-level one-shot (issue 7)": short
+# runs that compare training recipes on the VALIDATION alphabet (Japanese katakana; within-alphabet 20-way
+# 1-shot, different drawers, 300 episodes, logged in RUN/log.jsonl), all with Greek and Korean held out
+# (seed 0), then the Pareto table of every candidate on the held-out alphabets through the exported bundle.
+#   usage: scripts/accuracy_experiments.sh [OUT_DIR]      env: DATA, EPISODES (1500), DEVICE (cpu)
+# Each 1500-episode Conv4-64 run takes about 20 minutes on two CPU cores, Conv4-128 about three times that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/omniglot}
+OUT=${1:-runs/accuracy}
+EPISODES=${EPISODES:-1500}
+DEVICE=${DEVICE:-cpu}
+mkdir -p "$OUT"
+
+run() {  # name flags...
+  local name=$1
+  shift
+  [ -f "$OUT/$name/best.safetensors" ] && return
+  metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
+    --out "$OUT/$name" --way 60 --shot 1 --query 5 --episodes "$EPISODES" --holdout-groups 2 --val-groups 1 \
+    --val-way 20 --val-within-group --val-every 500 --seed 0 --device "$DEVICE" --json "$@" >"$OUT/$name.json"
+}
+STROKES=(--strokes "$DATA/strokes_background_small1.zip" --strokes "$DATA/strokes_background_small2.zip")
+run w64-flip-elastic --flips --elastic 0.05
+run w64-flip-elastic-strokes3 --flips --elastic 0.05 "${STROKES[@]}" --stroke-variants 3
+run w128-flip-elastic --width 128 --flips --elastic 0.05
+
+python scripts/accuracy_pareto.py \
+  --candidate "w64 6000 (issue 2 reference)=runs/protonet-conv4-cpu" \
+  --candidate "w64 6000 (issue 2 reference)=runs/protonet-conv4-cpu@9" \
+  --candidate "w64 flip+elastic=$OUT/w64-flip-elastic" \
+  --candidate "w64 flip+elastic+strokes=$OUT/w64-flip-elastic-strokes3" \
+  --candidate "w128 flip+elastic=$OUT/w128-flip-elastic" \
+  --candidate "shipped=runs/conv4w128-final" \
+  --candidate "shipped=runs/conv4w128-final@3" \
+  --candidate "shipped=runs/conv4w128-final@5" \
+  --candidate "shipped=runs/conv4w128-final@9" \
+  --json "$OUT/pareto.json" --markdown "$OUT/pareto.md"
