@@ -92,6 +92,9 @@ def _torch(bundle: Bundle, target: dict, checkpoint: Path | None, warnings: list
     if (spec.channels, spec.size) != (mine.channels, mine.size):
         return _skipped(name, "torch", f"the checkpoint takes {mine.channels}x{mine.size}x{mine.size} images, "
                                        f"the bundle {spec.channels}x{spec.size}x{spec.size}")  # fmt: skip
+    # The bundle's test-time views are part of its graph; PyTorch runs the same views, or it would time less work.
+    views = int(bundle.manifest["backbone"].get("views", 1))
+    loaded.set_views(views)
     ident = model_id(loaded)
     same_net = loaded.meta["backbone"]["name"] == bundle.manifest["backbone"]["name"] and \
         loaded.meta["backbone"]["kwargs"] == bundle.manifest["backbone"].get("kwargs")  # fmt: skip
@@ -106,7 +109,9 @@ def _torch(bundle: Bundle, target: dict, checkpoint: Path | None, warnings: list
     max_batch = int(target.get("max_batch", 64))
 
     def open_torch() -> Runner:
-        method = ckpt.load(path, map_location=device).method  # eval mode: batch norm uses running statistics
+        reloaded = ckpt.load(path, map_location=device)
+        reloaded.set_views(views)
+        method = reloaded.method.to(device)  # eval mode: batch norm uses running statistics
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
