@@ -258,16 +258,21 @@ def _stream(torch: Any, device: Any) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _prototypes_cuda(embeddings, labels, num_classes, normalize: bool, backend: str) -> Any:
-    import torch
-
+def _device_support_set(torch, embeddings, labels, num_classes):
+    """Embeddings (real) and labels (integer) as tensors on one CUDA device, shapes checked."""
     emb = _device_tensor(torch, embeddings, "embeddings")
     if emb.is_complex() or emb.dtype == torch.bool:
         raise KernelInputError(f"embeddings must hold real numbers, got dtype {emb.dtype}")
     lab = _device_tensor(torch, labels, "labels", emb.device)
     if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
         raise KernelInputError(f"labels must be integers, got dtype {lab.dtype}")
-    num_classes = check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+    return emb, lab, check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+
+
+def _prototypes_cuda(embeddings, labels, num_classes, normalize: bool, backend: str) -> Any:
+    import torch
+
+    emb, lab, num_classes = _device_support_set(torch, embeddings, labels, num_classes)
     if not _use_native_cuda(backend):
         # No CUDA kernels here (or the reference asked for): compute on the host, hand back on the device.
         device = emb.device
@@ -313,13 +318,7 @@ def _adapt_head_cuda(embeddings, labels, num_classes, steps: int, lr: float, wei
                      lr_weight, lr_bias, backend: str) -> tuple[Any, Any]:  # fmt: skip
     import torch
 
-    emb = _device_tensor(torch, embeddings, "embeddings")
-    if emb.is_complex() or emb.dtype == torch.bool:
-        raise KernelInputError(f"embeddings must hold real numbers, got dtype {emb.dtype}")
-    lab = _device_tensor(torch, labels, "labels", emb.device)
-    if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
-        raise KernelInputError(f"labels must be integers, got dtype {lab.dtype}")
-    num_classes = check_prototypes_shapes(emb.shape, lab.shape, num_classes)
+    emb, lab, num_classes = _device_support_set(torch, embeddings, labels, num_classes)
     step_sizes = []
     for x, name in ((lr_weight, "lr_weight"), (lr_bias, "lr_bias")):
         t = None if x is None else _device_tensor(torch, x, name, emb.device)

@@ -26,34 +26,6 @@ struct Status {
   unsigned long long first_empty_class;  // class no row is labelled with
 };
 
-// Stream-ordered scratch for the Status, so that concurrent calls on different streams never share
-// it; plain cudaMalloc where the device has no memory pools.
-class StatusBuffer {
- public:
-  explicit StatusBuffer(cudaStream_t stream) : stream_(stream) {
-    int device = 0;
-    int pools = 0;
-    Check(cudaGetDevice(&device), "cudaGetDevice");
-    Check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device),
-          "cudaDeviceGetAttribute");
-    async_ = pools != 0;
-    void* raw = nullptr;
-    Check(
-        async_ ? cudaMallocAsync(&raw, sizeof(Status), stream_) : cudaMalloc(&raw, sizeof(Status)),
-        "allocating the status word");
-    status_ = static_cast<Status*>(raw);
-  }
-  ~StatusBuffer() { async_ ? cudaFreeAsync(status_, stream_) : cudaFree(status_); }
-  StatusBuffer(const StatusBuffer&) = delete;
-  StatusBuffer& operator=(const StatusBuffer&) = delete;
-  Status* get() const { return status_; }
-
- private:
-  cudaStream_t stream_;
-  bool async_ = false;
-  Status* status_ = nullptr;
-};
-
 // grid (num_classes, ceil(d / blockDim.x)), blockDim.x a multiple of 32 and <= kMaxThreads.
 // Block (k, j) owns class k and columns [j * blockDim.x, (j + 1) * blockDim.x): it walks all labels
 // in order, blockDim.x at a time, compacts the rows labelled k into shared memory (keeping their
@@ -154,7 +126,8 @@ void PrototypesCuda(std::uintptr_t embeddings, std::uintptr_t labels, std::uintp
   const auto* labels_ptr = reinterpret_cast<const std::int64_t*>(labels);
   auto* out_ptr = reinterpret_cast<float*>(out);
 
-  StatusBuffer status(stream);
+  // Stream-ordered scratch (cuda_utils.h): concurrent calls on different streams never share it.
+  StreamBuffer<Status> status(1, stream);
   Check(cudaMemsetAsync(status.get(), 0xff, sizeof(Status), stream), "clearing the status word");
   const dim3 grid(static_cast<unsigned>(num_classes), static_cast<unsigned>(column_blocks));
   SegmentedMeanKernel<<<grid, threads, 0, stream>>>(embeddings_ptr, labels_ptr, out_ptr, n, d,
