@@ -45,6 +45,7 @@ def train(
     algorithm: Annotated[str, typer.Option(help="protonet, maml, fomaml, anil or metasgd.")] = "protonet",
     backbone: Annotated[str, typer.Option(help="Backbone from the registry.")] = "conv4",
     width: Annotated[int, typer.Option(help="Backbone channel width.")] = 64,
+    depth: Annotated[int, typer.Option(help="Conv blocks (each halves the side): 4 for 28 px, 5 for 56 px.")] = 4,
     metric: Annotated[
         str, typer.Option(help="ProtoNet metric: sqeuclidean or cosine (learned scale).")
     ] = "sqeuclidean",
@@ -91,7 +92,7 @@ def train(
         raise typer.Exit(_torchrun(nproc))
     config = TrainConfig(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
-        width=width, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
+        width=width, depth=depth, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
         strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,

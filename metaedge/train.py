@@ -32,6 +32,7 @@ class TrainConfig:
     metric: str = "sqeuclidean"
     backbone: str = "conv4"
     width: int = 64
+    depth: int = 4
     image_size: int = 28
     way: int = 60
     shot: int = 1
@@ -227,8 +228,15 @@ def _algorithm_config(config: TrainConfig) -> dict:
 def _arch_meta(config: TrainConfig) -> dict:
     return {
         "algorithm": {"name": config.algorithm, "config": _algorithm_config(config)},
-        "backbone": {"name": config.backbone, "kwargs": {"in_channels": config.spec().channels, "width": config.width}},
+        "backbone": {"name": config.backbone, "kwargs": _backbone_kwargs(config)},
     }
+
+
+def _backbone_kwargs(config: TrainConfig) -> dict:
+    kwargs = {"in_channels": config.spec().channels, "width": config.width}
+    if config.depth != 4:  # only where it differs, so checkpoints of the default stay as they were
+        kwargs["depth"] = config.depth
+    return kwargs
 
 
 def _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks) -> StepStats:

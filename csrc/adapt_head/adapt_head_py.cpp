@@ -22,19 +22,7 @@ std::pair<py::array_t<float>, py::array_t<float>> AdaptHeadCpu(
   options.steps = steps;
   options.lr = static_cast<float>(lr);
   options.weight_decay = static_cast<float>(weight_decay);
-  if (embeddings.ndim() != 2) {
-    throw std::invalid_argument("embeddings must be 2-D (N, D), got shape " +
-                                ShapeString(embeddings));
-  }
-  if (labels.ndim() != 1) {
-    throw std::invalid_argument("labels must be 1-D (N,), got shape " + ShapeString(labels));
-  }
-  const std::int64_t n = embeddings.shape(0);
-  const std::int64_t d = embeddings.shape(1);
-  if (labels.shape(0) != n) {
-    throw std::invalid_argument("embeddings has " + std::to_string(n) + " rows but labels has " +
-                                std::to_string(labels.shape(0)) + " entries");
-  }
+  const auto [n, d] = CheckSupportSet(embeddings, labels);
   CheckPrototypesArgs(n, d, num_classes);
   const std::string c_str = std::to_string(num_classes);
   if (lr_weight &&

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -26,6 +27,25 @@ inline std::string ShapeString(const py::array& a) {
     s += (i ? ", " : "") + std::to_string(a.shape(i));
   }
   return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// A support set as the kernels take it: embeddings (N, D) and one label per row. Returns {N, D};
+// throws std::invalid_argument (Python's ValueError) naming the offending shape.
+inline std::pair<std::int64_t, std::int64_t> CheckSupportSet(const FloatArray& embeddings,
+                                                             const LabelArray& labels) {
+  if (embeddings.ndim() != 2) {
+    throw std::invalid_argument("embeddings must be 2-D (N, D), got shape " +
+                                ShapeString(embeddings));
+  }
+  if (labels.ndim() != 1) {
+    throw std::invalid_argument("labels must be 1-D (N,), got shape " + ShapeString(labels));
+  }
+  const std::int64_t n = embeddings.shape(0);
+  if (labels.shape(0) != n) {
+    throw std::invalid_argument("embeddings has " + std::to_string(n) + " rows but labels has " +
+                                std::to_string(labels.shape(0)) + " entries");
+  }
+  return {n, embeddings.shape(1)};
 }
 
 // PrototypesCpuKernel: embeddings (N, D) float32, labels (N,) int64 -> (num_classes, D) float32.
