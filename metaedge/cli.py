@@ -153,6 +153,26 @@ def evaluate(
         )
 
 
+@app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories (their best checkpoints).")],
+    out: Annotated[Path, typer.Option(help="Run directory for the combined checkpoint.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a checkpoint already in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Combine trained ProtoNets into one model (embeddings side by side) to evaluate, export and profile."""
+    from metaedge.ensemble import combine
+
+    try:
+        path = combine(runs, out, overwrite=overwrite)
+    except MetaedgeError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps({"checkpoint": str(path), "members": [str(r) for r in runs]}))
+    else:
+        console.print(f"combined {len(runs)} runs -> {path}")
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[Path | None, typer.Argument(help="Run directory or checkpoint file.")] = None,

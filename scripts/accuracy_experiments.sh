@@ -4,7 +4,8 @@
 # 1-shot, different drawers, 300 episodes, logged in RUN/log.jsonl), all with Greek and Korean held out
 # (seed 0), then the Pareto table of every candidate on the held-out alphabets through the exported bundle.
 #   usage: scripts/accuracy_experiments.sh [OUT_DIR]      env: DATA, EPISODES (1500), DEVICE (cpu)
-# Each 1500-episode Conv4-64 run takes about 20 minutes on two CPU cores, Conv4-128 about three times that.
+# Each 1500-episode Conv4-64 run takes about 20 minutes on two CPU cores, Conv4-128 and Conv4-64 at 56 px
+# (5 blocks) about three times that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/omniglot}
@@ -25,6 +26,7 @@ STROKES=(--strokes "$DATA/strokes_background_small1.zip" --strokes "$DATA/stroke
 run w64-flip-elastic --flips --elastic 0.05
 run w64-flip-elastic-strokes3 --flips --elastic 0.05 "${STROKES[@]}" --stroke-variants 3
 run w128-flip-elastic --width 128 --flips --elastic 0.05
+run w64-d5-56-flip-elastic --depth 5 --image-size 56 --flips --elastic 0.05
 
 python scripts/accuracy_pareto.py \
   --candidate "w64 6000 (issue 2 reference)=runs/protonet-conv4-cpu" \

@@ -47,8 +47,12 @@ def classify_p50_ms(bundle: Path, queries: int = 200) -> float:
 
 
 def recipe(meta: dict) -> str:
-    c = meta.get("train_config", {})
-    parts = [f"{c.get('algorithm', '?')} {c.get('backbone', '?')}-{c.get('width', '?')} @{c.get('image_size')}px",
+    if meta.get("members"):  # an ensemble (metaedge ensemble): its members' recipes
+        return " + ".join(f"[{recipe(m)}]" for m in meta["members"])
+    c = meta.get("train_config") or {}
+    depth = f" x{c['depth']} blocks" if c.get("depth", 4) != 4 else ""
+    net = f"{c.get('backbone', '?')}-{c.get('width', '?')}{depth} @{c.get('image_size')}px"
+    parts = [f"{c.get('algorithm', '?')} {net}",
              f"{c.get('way')}-way {c.get('shot')}-shot"]  # fmt: skip
     parts.append("rot" + ("+flip" if c.get("flips") else "") if c.get("rotations") else "no class aug")
     if c.get("augment"):
@@ -56,6 +60,13 @@ def recipe(meta: dict) -> str:
     if c.get("stroke_variants"):
         parts.append(f"strokes x{c['stroke_variants']}")
     return ", ".join(parts)
+
+
+def trained(meta: dict, key: str) -> float:
+    """Episodes or seconds of training; an ensemble's are its members' added up."""
+    if meta.get("members"):
+        return sum(trained(m, key) for m in meta["members"])
+    return meta.get(key) or 0
 
 
 def measure(name: str, run: Path, views: int, episodes: int, workdir: Path) -> dict:
@@ -66,7 +77,8 @@ def measure(name: str, run: Path, views: int, episodes: int, workdir: Path) -> d
     result = evaluate_checkpoint(bundle, **protocol)
     return {
         "name": name, "run": str(run), "views": views, "recipe": recipe(loaded.meta),
-        "episodes_trained": loaded.meta.get("episode"), "train_minutes": loaded.meta.get("train_seconds", 0) / 60,
+        "episodes_trained": trained(loaded.meta, "episode"),
+        "train_minutes": trained(loaded.meta, "train_seconds") / 60,
         "accuracy": result.accuracy, "ci95": result.ci95, "groups": result.groups, "eval_episodes": episodes,
         "classify_p50_ms": classify_p50_ms(bundle), "bundle_mb": size_mb,
     }  # fmt: skip

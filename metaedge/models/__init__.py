@@ -1,7 +1,9 @@
 """Backbones, reachable by name through the registry."""
 
 from metaedge.models import conv4 as _conv4  # noqa: F401  (registers "conv4")
+from metaedge.models import ensemble as _ensemble  # noqa: F401  (registers "ensemble")
 from metaedge.models._registry import create_backbone, list_backbones, register_backbone
 from metaedge.models.conv4 import Conv4
+from metaedge.models.ensemble import Ensemble
 
-__all__ = ["Conv4", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Conv4", "Ensemble", "create_backbone", "list_backbones", "register_backbone"]
