@@ -34,8 +34,20 @@ python scripts/accuracy_pareto.py \
   --candidate "w64 flip+elastic=$OUT/w64-flip-elastic" \
   --candidate "w64 flip+elastic+strokes=$OUT/w64-flip-elastic-strokes3" \
   --candidate "w128 flip+elastic=$OUT/w128-flip-elastic" \
-  --candidate "shipped=runs/conv4w128-final" \
-  --candidate "shipped=runs/conv4w128-final@3" \
-  --candidate "shipped=runs/conv4w128-final@5" \
-  --candidate "shipped=runs/conv4w128-final@9" \
+  --candidate "w128=runs/conv4w128-final" \
+  --candidate "w128=runs/conv4w128-final@3" \
+  --candidate "w128=runs/conv4w128-final@5" \
+  --candidate "w128=runs/conv4w128-final@9" \
   --json "$OUT/pareto.json" --markdown "$OUT/pareto.md"
+
+# Ensembles of the full-length runs that scripts/reference_bundle.sh trains (run it first), with the
+# previous shipped model (w128, 3 views) measured again beside them.
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final --out "$OUT/ens2" --overwrite
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-6000 --out "$OUT/ens3" --overwrite
+python scripts/accuracy_pareto.py \
+  --candidate "w128=runs/conv4w128-final@3" \
+  --candidate "w64 x5 @56=runs/w64d5-56-final" \
+  --candidate "ensemble of 2=$OUT/ens2" \
+  --candidate "ensemble of 2=$OUT/ens2@2" \
+  --candidate "ensemble of 3=$OUT/ens3" \
+  --json "$OUT/pareto-ensembles.json" --markdown "$OUT/pareto-ensembles.md"
