@@ -68,7 +68,7 @@ def combine(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwr
                 "train_config": m.meta.get("train_config"),
             }
             for m in members
-        ],  # fmt: skip
+        ],
         "episode": None,
         "seed": first.meta.get("seed"),
         "versions": ckpt.versions(),
