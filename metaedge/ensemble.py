@@ -11,6 +11,7 @@ training groups, never on the test groups.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metaedge import checkpoint as ckpt
-from metaedge.data import open_dataset
+from metaedge.data import LoadedDataset, open_dataset
 from metaedge.errors import CheckpointError
 from metaedge.evaluate import embed_all
 
@@ -35,15 +36,19 @@ def combine(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwr
     if target.exists() and not overwrite:
         raise CheckpointError(f"{out} already holds a checkpoint; pass --overwrite to replace it, or another --out")
     members = [ckpt.load(run) for run in runs]
-    _check_compatible(members)
+    input_size = _check_compatible(members)
     first = members[0]
-    sizes = [m.preprocess.size for m in members]
-    input_size = max(sizes)
+    # The members share their data (checked): open it once, decode each (groups, preprocessing) once.
+    dataset = open_dataset(first.meta["data"]["roots"])
+    decoded: dict[str, LoadedDataset] = {}
     specs = []
     for m in members:
+        key = json.dumps([sorted(m.meta["split"]["train"]), m.preprocess.to_dict()], sort_keys=True)
+        if key not in decoded:
+            decoded[key] = dataset.subset(m.meta["split"]["train"]).load(m.preprocess)
         specs.append({
             "name": m.meta["backbone"]["name"], "kwargs": m.meta["backbone"]["kwargs"],
-            "size": m.preprocess.size, "scale": 1.0 / _spread(m),
+            "size": m.preprocess.size, "scale": 1.0 / _spread(m, decoded[key]),
         })  # fmt: skip
     split = {
         "train": sorted({g for m in members for g in m.meta["split"]["train"]}),
@@ -81,7 +86,8 @@ def combine(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwr
     return target
 
 
-def _check_compatible(members: list[ckpt.Checkpoint]) -> None:
+def _check_compatible(members: list[ckpt.Checkpoint]) -> int:
+    """Raise CheckpointError naming the first member that cannot join; return the ensemble's input size."""
     first = members[0]
     for m in members:
         algorithm = m.meta["algorithm"]
@@ -104,6 +110,7 @@ def _check_compatible(members: list[ckpt.Checkpoint]) -> None:
     for m in members:
         if largest % m.preprocess.size:
             raise CheckpointError(f"{m.path}: its size {m.preprocess.size} does not divide the largest, {largest}")
+    return largest
 
 
 def _dataset_identity(member: ckpt.Checkpoint) -> tuple:
@@ -112,10 +119,9 @@ def _dataset_identity(member: ckpt.Checkpoint) -> tuple:
     return tuple(Path(r).name for r in data["roots"]), tuple(data.get("all_groups", []))
 
 
-def _spread(member: ckpt.Checkpoint) -> float:
+def _spread(member: ckpt.Checkpoint, train_images: LoadedDataset) -> float:
     """RMS distance of the member's embeddings of its training images (no rotations) to their mean."""
-    data = open_dataset(member.meta["data"]["roots"]).subset(member.meta["split"]["train"]).load(member.preprocess)
-    z = embed_all(member.method, data)
+    z = embed_all(member.method, train_images)
     spread = math.sqrt(float(np.mean(np.sum((z - z.mean(axis=0)) ** 2, axis=1))))
     if not spread > 0:
         raise CheckpointError(f"{member.path}: embeds every training image alike; cannot scale it")

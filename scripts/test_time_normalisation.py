@@ -41,8 +41,8 @@ def main() -> None:
     variants = {"raw": z, "l2": l2(z), "centred on training mean + l2": l2(z - mean),
                 "sqrt + l2": l2(np.sqrt(np.maximum(z, 0)))}  # fmt: skip
     protocol = dict(way=20, shot=1, query=1, episodes=args.episodes, within_group=True, disjoint_drawers=True, seed=0)
+    classify = lambda s, sl, q, w: prototype_logits(s, sl, q, w, "sqeuclidean")  # noqa: E731
     for name, emb in variants.items():
-        classify = lambda s, sl, q, w: prototype_logits(s, sl, q, w, "sqeuclidean")  # noqa: E731
         r = evaluate_embeddings(emb, classify, test, **protocol)
         print(f"{name:32s} {100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}")
 

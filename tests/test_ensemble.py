@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from metaedge import checkpoint as ckpt
 from metaedge.cli import app
+from metaedge.data import open_dataset
 from metaedge.ensemble import _spread, combine
 from metaedge.errors import CheckpointError
 from metaedge.evaluate import evaluate_checkpoint
@@ -50,7 +51,8 @@ def test_the_embedding_is_each_member_on_its_own_resolution_scaled(runs, tmp_pat
     members = loaded.meta["backbone"]["kwargs"]["members"]
     assert [m["size"] for m in members] == [28, 56]
     for m, run in zip(members, (small, large), strict=True):
-        assert m["scale"] == pytest.approx(1 / _spread(run), rel=1e-5)
+        train_images = open_dataset(run.meta["data"]["roots"]).subset(run.meta["split"]["train"]).load(run.preprocess)
+        assert m["scale"] == pytest.approx(1 / _spread(run, train_images), rel=1e-5)
     x = torch.rand(3, 1, 56, 56)
     with torch.no_grad():
         expected = torch.cat([
