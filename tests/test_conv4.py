@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from metaedge import checkpoint as ckpt
+from metaedge.cli import app
 from metaedge.models import Conv4
 from metaedge.train import TrainConfig, train
 
@@ -21,8 +23,17 @@ def test_each_block_halves_the_side_down_to_one_pixel(depth, size):
 
 
 def test_depth_below_one_is_refused():
-    with pytest.raises(ValueError, match="depth must be at least 1"):
+    with pytest.raises(ValueError, match="width and depth must be at least 1"):
         Conv4(depth=0)
+
+
+@pytest.mark.parametrize("option", [["--depth", "0"], ["--width", "0"]])
+def test_a_backbone_that_cannot_be_built_is_one_line_and_exit_1(omniglot_zips, tmp_path, option):
+    result = CliRunner().invoke(app, ["train", "--data", str(omniglot_zips[0]), "--out", str(tmp_path / "r"),
+                                      "--episodes", "1", *option])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "backbone 'conv4' cannot be built" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r" / ckpt.LAST).exists()
 
 
 @pytest.mark.slow

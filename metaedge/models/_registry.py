@@ -31,4 +31,7 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     """A new backbone; every backbone maps (B, C, H, W) images to (B, embedding_dim) and has `.embedding_dim`."""
     if name not in _BACKBONES:
         raise MetaedgeError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
-    return _BACKBONES[name](**kwargs)
+    try:
+        return _BACKBONES[name](**kwargs)
+    except (TypeError, ValueError) as e:  # a bad --width/--depth, or an edited checkpoint's kwargs
+        raise MetaedgeError(f"backbone {name!r} cannot be built with {kwargs}: {e}") from None

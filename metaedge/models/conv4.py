@@ -31,8 +31,8 @@ class Conv4(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be at least 1, got width {width}, depth {depth}")
         self.embedding_dim = width
         self.features = nn.Sequential(_block(in_channels, width), *(_block(width, width) for _ in range(depth - 1)))
 
