@@ -16,7 +16,15 @@ import torch.nn.functional as F
 
 from metaedge import checkpoint as ckpt
 from metaedge import distributed
-from metaedge.data import AffineAugment, EpisodeSampler, PreprocessSpec, apply_split, open_dataset, split_groups
+from metaedge.data import (
+    AffineAugment,
+    EpisodeMix,
+    EpisodeSampler,
+    PreprocessSpec,
+    apply_split,
+    open_dataset,
+    split_groups,
+)
 from metaedge.data.strokes import StrokeIndex
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
@@ -37,6 +45,7 @@ class TrainConfig:
     way: int = 60
     shot: int = 1
     query: int = 5
+    within_group: float = 0.0
     episodes: int = 2000
     holdout_groups: int = 2
     val_groups: int = 1
@@ -162,6 +171,12 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     sampler = EpisodeSampler(
         train_data.labels, train_data.class_groups, config.way, config.shot, config.query, seed=config.seed
     )
+    if config.within_group > 0:
+        within = EpisodeSampler(
+            train_data.labels, train_data.class_groups, config.way, config.shot, config.query,
+            within_group=True, seed=config.seed,
+        )  # fmt: skip
+        sampler = EpisodeMix(sampler, within, config.within_group, seed=config.seed)
     augment = AffineAugment(elastic=config.elastic) if config.augment else None
     meta = {
         **_arch_meta(config),

@@ -70,6 +70,15 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(omniglot_zips, tmp_pat
         train(tiny(omniglot_zips, tmp_path / "r", episodes=2))
 
 
+def test_within_group_episodes_train_and_are_recorded(omniglot_zips, tmp_path):
+    from metaedge.errors import DataError
+
+    train(tiny(omniglot_zips, tmp_path / "wg", episodes=4, val_every=4, val_episodes=2, within_group=1.0))
+    assert ckpt.read_meta(tmp_path / "wg" / ckpt.LAST)["train_config"]["within_group"] == 1.0
+    with pytest.raises(DataError, match="within-group episodes"):
+        train(tiny(omniglot_zips, tmp_path / "bad", episodes=2, within_group=1.5))
+
+
 def test_learning_rate_schedule():
     cfg = TrainConfig(data=[], out="", lr=1e-3, episodes=100)
     assert lr_at(cfg, 0) == pytest.approx(1e-3)

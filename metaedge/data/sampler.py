@@ -129,3 +129,24 @@ class EpisodeSampler:
     def episodes(self, count: int, start: int = 0) -> Iterator[Episode]:
         for i in range(start, start + count):
             yield self.episode(i)
+
+
+class EpisodeMix:
+    """Draws each episode from one of two samplers: `within` with probability `fraction`, else `across`.
+
+    Training for a within-group test (Omniglot's within-alphabet protocol) on within-group episodes only
+    shows the learner its hardest negatives, the look-alike characters of one alphabet; a mix keeps the
+    across-group episodes too. The choice for episode `i` depends only on (seed, i), as the episodes do.
+    """
+
+    def __init__(self, across: EpisodeSampler, within: EpisodeSampler, fraction: float, seed: int = 0) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise DataError(f"the fraction of within-group episodes must be in [0, 1], got {fraction}")
+        self.across, self.within, self.fraction, self.seed = across, within, fraction, seed
+
+    def is_within(self, index: int) -> bool:
+        # A stream of its own (the trailing 1) so the choice does not shift the episodes' draws.
+        return bool(np.random.default_rng([self.seed, index, 1]).random() < self.fraction)
+
+    def episode(self, index: int) -> Episode:
+        return (self.within if self.is_within(index) else self.across).episode(index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metaedge.data import EpisodeSampler
+from metaedge.data import EpisodeMix, EpisodeSampler
 from metaedge.errors import DataError
 
 
@@ -76,3 +76,24 @@ def test_requests_that_cannot_be_served_are_errors():
         EpisodeSampler(labels, groups, 6, 3, 3)  # 5 images per class < 6 needed: no class is usable
     with pytest.raises(DataError, match="way >= 1"):
         EpisodeSampler(labels, groups, 5, 0, 1)
+
+
+def test_episode_mix_draws_the_asked_fraction_within_one_group_deterministically():
+    labels, groups, drawers = toy(groups=(("A", 6), ("B", 6)))
+    across = EpisodeSampler(labels, groups, 4, 1, 1, seed=2)
+    within = EpisodeSampler(labels, groups, 4, 1, 1, within_group=True, seed=2)
+    mix = EpisodeMix(across, within, 0.3, seed=2)
+    chosen = [mix.is_within(i) for i in range(2000)]
+    assert 0.27 < np.mean(chosen) < 0.33
+    for i in range(200):
+        ep, expected = mix.episode(i), (within if chosen[i] else across).episode(i)
+        np.testing.assert_array_equal(ep.support, expected.support)
+        np.testing.assert_array_equal(ep.query, expected.query)
+    # across-group episodes do mix groups, so the two kinds really differ
+    assert any(len({groups[c] for c in across.episode(i).classes}) == 2 for i in range(20))
+    assert not any(EpisodeMix(across, within, 0.0, seed=2).is_within(i) for i in range(200))
+    assert all(EpisodeMix(across, within, 1.0, seed=2).is_within(i) for i in range(200))
+    # the same (seed, index) decides the same way in a fresh object: a resumed run sees the same episodes
+    assert [EpisodeMix(across, within, 0.3, seed=2).is_within(i) for i in range(50)] == chosen[:50]
+    with pytest.raises(DataError, match=r"within-group episodes must be in \[0, 1\]"):
+        EpisodeMix(across, within, 1.5)
