@@ -66,7 +66,18 @@ class Bundle:
 
     @property
     def onnx_path(self) -> Path:
+        """The graph that embeds queries (and support images too, where the bundle has no enrollment graph)."""
         return self.path / self.manifest["backbone"]["file"]
+
+    @property
+    def has_enroll_graph(self) -> bool:
+        return bool(self.manifest["backbone"].get("enroll"))
+
+    @property
+    def enroll_onnx_path(self) -> Path:
+        """The graph that embeds support images at enrollment: through more test-time views, where exported so."""
+        enroll = self.manifest["backbone"].get("enroll")
+        return self.path / enroll["file"] if enroll else self.onnx_path
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:

@@ -48,6 +48,22 @@ class Checkpoint:
             raise CheckpointError(str(e)) from None
         self.meta = {**self.meta, "views": count}
 
+    @property
+    def enroll_views(self) -> int:
+        """Views of support (enrollment) images: the query views unless set apart."""
+        return int(self.meta.get("enroll_views", self.views))
+
+    def set_enroll_views(self, count: int) -> None:
+        """Embed support images through `count` views (queries keep theirs); export adds an enrollment graph."""
+        if not self.method.embeds_independently:
+            raise CheckpointError(f"{self.path}: enrollment views need a method that embeds each image on its own "
+                                  f"(ProtoNet, ANIL, Meta-SGD), not {self.meta['algorithm']['name']}")  # fmt: skip
+        try:
+            self.method.set_enroll_views(count, self.preprocess.size)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        self.meta = {**self.meta, "enroll_views": count}
+
 
 def versions() -> dict:
     return {"metaedge": metaedge.__version__, "torch": torch.__version__, "python": platform.python_version()}
@@ -128,6 +144,8 @@ def load(path: str | os.PathLike, which: str = BEST, map_location: str = "cpu") 
     loaded = Checkpoint(method=method, meta=meta, path=path)
     if loaded.views > 1:
         loaded.set_views(loaded.views)
+    if "enroll_views" in loaded.meta:
+        loaded.set_enroll_views(loaded.enroll_views)
     method.to(map_location).eval()
     return loaded
 

@@ -53,6 +53,9 @@ def train(
     way: Annotated[int, typer.Option(help="Classes per training episode.")] = 60,
     shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
     query: Annotated[int, typer.Option(help="Query images per class.")] = 5,
+    within_group: Annotated[
+        float, typer.Option(help="Fraction of training episodes drawn from one group (alphabet), 0 to 1.")
+    ] = 0.0,
     episodes: Annotated[int, typer.Option(help="Training episodes in total.")] = 2000,
     holdout_groups: Annotated[int, typer.Option(help="Groups (alphabets) held out for testing.")] = 2,
     val_groups: Annotated[int, typer.Option(help="Further groups held out to pick the best checkpoint.")] = 1,
@@ -92,7 +95,8 @@ def train(
         raise typer.Exit(_torchrun(nproc))
     config = TrainConfig(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
-        width=width, depth=depth, image_size=image_size, way=way, shot=shot, query=query, episodes=episodes,
+        width=width, depth=depth, image_size=image_size, way=way, shot=shot, query=query, within_group=within_group,
+        episodes=episodes,
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
         strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,
@@ -130,6 +134,9 @@ def evaluate(
     views: Annotated[
         int | None, typer.Option(help="Embed each image as the mean over N fixed warps of it (1-9); default: 1.")
     ] = None,
+    enroll_views: Annotated[
+        int | None, typer.Option(help="Support images only through N views (1-9); queries keep --views.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Mean accuracy and 95% confidence interval over seeded episodes of classes the model never trained on."""
@@ -140,7 +147,7 @@ def evaluate(
         result = evaluate_checkpoint(
             checkpoint, data, groups=groups.split(",") if groups else None, device=pick_device(device),
             way=way, shot=shot, query=query, episodes=episodes, within_group=within_group,
-            disjoint_drawers=disjoint_drawers, seed=seed, views=views,
+            disjoint_drawers=disjoint_drawers, seed=seed, views=views, enroll_views=enroll_views,
         )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))
@@ -180,8 +187,12 @@ def export_cmd(
     target: Annotated[str, typer.Option(help="Board profile (see --list-targets).")] = "x86-cpu",
     fmt: Annotated[str, typer.Option("--format", help="onnx, or tensorrt (an engine beside the ONNX).")] = "onnx",
     fp16: Annotated[bool, typer.Option(help="TensorRT engine in fp16.")] = False,
-    int8: Annotated[bool, typer.Option(help="TensorRT engine in int8, calibrated on --calibration-data.")] = False,
-    calibration_data: Annotated[list[Path] | None, typer.Option(help="Images for int8 calibration.")] = None,
+    int8: Annotated[
+        bool, typer.Option(help="int8: the ONNX graph for ONNX Runtime on CPU targets, or the TensorRT engine.")
+    ] = False,
+    calibration_data: Annotated[
+        list[Path] | None, typer.Option(help="Images for int8 calibration; default: 512 of the training images.")
+    ] = None,
     verify_data: Annotated[list[Path] | None, typer.Option(help="Images for the parity check.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     force: Annotated[bool, typer.Option(help="Write the bundle even if the parity check fails.")] = False,
@@ -192,6 +203,10 @@ def export_cmd(
     list_targets: Annotated[bool, typer.Option(help="List the board profiles and exit.")] = False,
     views: Annotated[
         int | None, typer.Option(help="Test-time views (1-9) built into the graph: each image embedded as a mean.")
+    ] = None,
+    enroll_views: Annotated[
+        int | None,
+        typer.Option(help="Views (1-9) for enrollment only: a second graph for support images; queries keep --views."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -207,7 +222,7 @@ def export_cmd(
         result = export_checkpoint(
             checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
             calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
-            verify_data=[str(p) for p in verify_data or []], views=views,
+            verify_data=[str(p) for p in verify_data or []], views=views, enroll_views=enroll_views,
         )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))

@@ -53,13 +53,19 @@ def to_tensor(pixels: np.ndarray, spec, device: torch.device | str = "cpu") -> t
 
 
 @torch.no_grad()
-def embed_all(method: FewShotMethod, data: LoadedDataset, device: str = "cpu", batch: int = 1024) -> np.ndarray:
-    """Every image of `data` through the backbone in eval mode -> float32 (num_images, D)."""
+def embed_all(
+    method: FewShotMethod, data: LoadedDataset, device: str = "cpu", batch: int = 1024, *, support: bool = False
+) -> np.ndarray:
+    """Every image of `data` through the backbone in eval mode -> float32 (num_images, D).
+
+    support: embed them as support (enrollment) images, through the method's enroll views where it has them.
+    """
     method.eval()  # batch norm must use its running statistics: each query is classified on its own
+    embed = method.embed_support if support else method.embed
     out = []
     for start in range(0, len(data.pixels), batch):
         x = to_tensor(data.pixels[start : start + batch], data.spec, device)
-        out.append(method.embed(x).float().cpu().numpy())
+        out.append(embed(x).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -70,7 +76,9 @@ def evaluate(method: FewShotMethod, data: LoadedDataset, *, device: str = "cpu",
     per task (MAML) run their inner loop on each episode's support images.
     """
     if method.embeds_independently:
-        return evaluate_embeddings(embed_all(method, data, device), method.classify_embeddings, data, **protocol)
+        queries = embed_all(method, data, device)
+        support = embed_all(method, data, device, support=True) if method.enroll_views is not None else None
+        return evaluate_embeddings(queries, method.classify_embeddings, data, support_embeddings=support, **protocol)
     images = to_tensor(data.pixels, data.spec, device)
     method.eval()  # batch norm uses running statistics: queries are classified one by one, inductively
 
@@ -97,12 +105,14 @@ def evaluate_embeddings(
     disjoint_drawers: bool = False,
     seed: int = 0,
     on_episode: Callable[[int], None] | None = None,
+    support_embeddings: np.ndarray | None = None,
 ) -> EvalResult:
     """Accuracy over `episodes` seeded episodes; same seed, same number.
 
     embeddings: float32 (num_images, D), one per image of `data`, computed once: each query is classified
     on its own (inductive), so an image's embedding does not depend on the episode it appears in.
     classify: (support (S, D), support_labels (S,), query (Q, D), way) -> logits (Q, way).
+    support_embeddings: float32 (num_images, D) to take support images from instead (enrollment views).
     """
     if episodes < 1:
         raise DataError("need at least one evaluation episode")
@@ -111,9 +121,10 @@ def evaluate_embeddings(
         drawers=data.drawers, within_group=within_group, disjoint_drawers=disjoint_drawers,
         seed=seed + EVAL_SEED_OFFSET,
     )  # fmt: skip
+    support = embeddings if support_embeddings is None else support_embeddings
     accs = []
     for i, ep in enumerate(sampler.episodes(episodes)):
-        logits = classify(embeddings[ep.support], ep.support_labels, embeddings[ep.query], way)
+        logits = classify(support[ep.support], ep.support_labels, embeddings[ep.query], way)
         accs.append(float((logits.argmax(axis=1) == ep.query_labels).mean()))
         if on_episode is not None:
             on_episode(i)
@@ -132,6 +143,7 @@ def evaluate_checkpoint(
     groups: Sequence[str] | None = None,
     device: str = "cpu",
     views: int | None = None,
+    enroll_views: int | None = None,
     **protocol,
 ) -> EvalResult:
     """Evaluate a run directory (its best checkpoint), a checkpoint file, or an exported bundle.
@@ -140,17 +152,20 @@ def evaluate_checkpoint(
     which training never saw. A bundle is evaluated as the device runs it: ONNX Runtime and the kernels.
     views: embed each image as the mean over this many test-time views (models/views.py); default: the
     checkpoint's own (1 unless set). A bundle's views are part of its ONNX graph, fixed at export.
+    enroll_views: embed the support images through this many views instead (queries keep `views`).
     """
     from metaedge import bundle as bundle_io
 
     if (Path(checkpoint) / bundle_io.MANIFEST).is_file():
-        if views is not None:
+        if views is not None or enroll_views is not None:
             raise DataError(f"{checkpoint}: a bundle's test-time views are fixed at export; evaluate it without views")
         return _evaluate_bundle(bundle_io.load(checkpoint), data, groups, **protocol)
     loaded = ckpt.load(checkpoint, map_location=device)
     if views is not None:
         loaded.set_views(views)
-        loaded.method.to(device)
+    if enroll_views is not None:
+        loaded.set_enroll_views(enroll_views)
+    loaded.method.to(device)
     dataset = _held_out(loaded.meta, str(loaded.path), data, groups)
     return evaluate(loaded.method, dataset.load(loaded.preprocess), device=device, **protocol)
 
@@ -171,8 +186,10 @@ def _evaluate_bundle(bundle, data, groups, **protocol) -> EvalResult:
 
     training = bundle.manifest.get("training") or {}
     dataset = _held_out(training, str(bundle.path), data, groups).load(bundle.preprocess)
-    session = create_session(bundle.onnx_path)
-    embeddings = run_batched(session, bundle.preprocess.normalize(dataset.pixels))
+    pixels = bundle.preprocess.normalize(dataset.pixels)
+    embeddings = run_batched(create_session(bundle.onnx_path), pixels)
+    # Support images go through the enrollment graph, as Runtime.enroll sends them.
+    support = run_batched(create_session(bundle.enroll_onnx_path), pixels) if bundle.has_enroll_graph else None
     metric, scale = bundle.metric, bundle.scale
     classify = lambda s, sl, q, way: prototype_logits(s, sl, q, way, metric, scale)  # noqa: E731
-    return evaluate_embeddings(embeddings, classify, dataset, **protocol)
+    return evaluate_embeddings(embeddings, classify, dataset, support_embeddings=support, **protocol)

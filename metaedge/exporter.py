@@ -19,6 +19,7 @@ import torch
 
 from metaedge import bundle as bundle_io
 from metaedge import checkpoint as ckpt
+from metaedge import quantize
 from metaedge import tensorrt_engine as trt_engine
 from metaedge.data import LoadedDataset, open_dataset
 from metaedge.errors import MetaedgeError
@@ -64,32 +65,39 @@ class ExportResult:
     timings: dict = field(default_factory=dict)
 
 
-def model_id(checkpoint: ckpt.Checkpoint) -> str:
+def model_id(checkpoint: ckpt.Checkpoint, int8: bool = False) -> str:
     digest = hashlib.sha256(Path(checkpoint.path).read_bytes()).hexdigest()[:12]
     base = f"{checkpoint.meta['algorithm']['name']}-{checkpoint.meta['backbone']['name']}-{digest}"
-    # Views change every embedding, so a gallery enrolled without them must not match a bundle with them.
-    return base if checkpoint.views == 1 else f"{base}-v{checkpoint.views}"
+    # Views and quantization change every embedding, so a gallery enrolled through one graph must not
+    # match a bundle with another.
+    if checkpoint.views != 1:
+        base = f"{base}-v{checkpoint.views}"
+    if checkpoint.enroll_views != checkpoint.views:
+        base = f"{base}-e{checkpoint.enroll_views}"
+    return f"{base}-int8" if int8 else base
 
 
 class _Embedder(torch.nn.Module):
     """What the device runs: the method's eval-mode embedding (the backbone, through any test-time views)."""
 
-    def __init__(self, method) -> None:
+    def __init__(self, method, support: bool = False) -> None:
         super().__init__()
-        self.method = method
+        self.method, self.support = method, support
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.embed(x)
+        return self.method.embed_support(x) if self.support else self.method.embed(x)
 
 
-def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OPSET) -> None:
+def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OPSET, *, support: bool = False) -> None:
     """The backbone alone as a static graph: images (batch, C, S, S) -> embeddings (batch, D), batch dynamic.
+
+    support: the enrollment graph, through the checkpoint's enroll views, instead of the query graph.
 
     Uses the exporter torch recommends (torch.export-based `dynamo=True`), whose optimiser folds constants
     and batch norm into the convolutions.
     """
     spec = checkpoint.preprocess
-    backbone = _Embedder(checkpoint.method.cpu()).eval()
+    backbone = _Embedder(checkpoint.method.cpu(), support).eval()
     example = torch.zeros(2, spec.channels, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter logs that torchvision is absent and warns about its own internals: noise for our users.
@@ -132,6 +140,23 @@ def verification_data(checkpoint: ckpt.Checkpoint, verify_data: Sequence[str] | 
         except MetaedgeError as e:
             raise ExportError(f"cannot read the checkpoint's held-out data ({e}); pass --verify-data") from None
     return dataset.load(checkpoint.preprocess)
+
+
+def calibration_images(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
+    """Images to calibrate int8 ranges on, uint8 (N, C, S, S): `calibration_data`, else a fixed sample of the
+    checkpoint's own training images (never its held-out groups, which parity and evaluation use).
+    """
+    if calibration_data:
+        dataset = open_dataset(list(calibration_data))
+    else:
+        roots, groups = checkpoint.meta["data"]["roots"], checkpoint.meta.get("split", {}).get("train") or []
+        if not groups:
+            raise ExportError("the checkpoint names no training groups; pass --calibration-data with real images")
+        try:
+            dataset = open_dataset(roots).subset(groups)
+        except MetaedgeError as e:
+            raise ExportError(f"cannot read the checkpoint's training data ({e}); pass --calibration-data") from None
+    return quantize.calibration_sample(dataset.load(checkpoint.preprocess).pixels)
 
 
 def engine_settings(profile: TargetProfile, spec, fp16: bool, int8: bool) -> trt_engine.EngineSettings:
@@ -190,19 +215,28 @@ def export_checkpoint(
     adaptation: AdaptationDefaults | None = None,
     parity_episodes: int = 200,
     views: int | None = None,
+    enroll_views: int | None = None,
 ) -> ExportResult:
     """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails."""
     t0 = time.perf_counter()
     if fmt not in ("onnx", "tensorrt"):
         raise ExportError(f"unknown format {fmt!r}; choose onnx or tensorrt")
-    if fmt == "onnx" and (fp16 or int8):
-        raise ExportError("--fp16 and --int8 set the TensorRT engine's precision; use them with --format tensorrt")
-    if int8 and not calibration_data:
-        raise ExportError("--int8 needs --calibration-data: real images to calibrate the quantisation on")
+    if fmt == "onnx" and fp16:
+        raise ExportError("--fp16 sets the TensorRT engine's precision; use it with --format tensorrt")
     profile = get_target(target)
+    # ONNX Runtime's int8 graph (quantize.py) is for its CPU provider; GPU boards quantize in TensorRT.
+    if fmt == "onnx" and int8 and set(profile.onnxruntime_providers) != {"CPUExecutionProvider"}:
+        providers = list(profile.onnxruntime_providers)
+        raise ExportError(f"--int8 with --format onnx quantizes for ONNX Runtime's CPU provider; target "
+                          f"{profile.name!r} runs {providers}: use --format tensorrt --int8")  # fmt: skip
+    quantize_graph = fmt == "onnx" and int8
     loaded = ckpt.load(checkpoint)
     if views is not None:
         loaded.set_views(views)
+    if enroll_views is not None:
+        loaded.set_enroll_views(enroll_views)
+    # Support images get a graph of their own only where they are embedded differently from queries.
+    enroll_graph = loaded.enroll_views != loaded.views
     spec = loaded.preprocess
     settings = engine_settings(profile, spec, fp16, int8) if fmt == "tensorrt" else None
     if dry_run:
@@ -219,23 +253,36 @@ def export_checkpoint(
     with tempfile.TemporaryDirectory(prefix="metaedge-export-") as tmp:
         tmp = Path(tmp)
         onnx_path = tmp / "backbone.onnx"
+        float_path = tmp / "float.onnx" if quantize_graph else onnx_path
         t = time.perf_counter()
-        export_onnx(loaded, onnx_path, opset)
+        export_onnx(loaded, float_path, opset)
         timings["onnx_export_s"] = time.perf_counter() - t
+        quantization = None
+        if quantize_graph:
+            t = time.perf_counter()
+            calib = spec.normalize(calibration_images(loaded, calibration_data))
+            quantization = quantize.quantize_int8(float_path, onnx_path, calib, INPUT)
+            timings["quantize_s"] = time.perf_counter() - t
         t = time.perf_counter()
         data = verification_data(loaded, verify_data)
         session = create_session(onnx_path, ("CPUExecutionProvider",), profile.threads)
         pixels = spec.normalize(data.pixels)
         onnx_embeddings = run_batched(session, pixels, profile.max_batch)
-        reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu", precision="fp32",
-                                episodes=parity_episodes)]  # fmt: skip
+        reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu",
+                                precision="int8" if quantize_graph else "fp32", episodes=parity_episodes)]  # fmt: skip
         files = {"backbone.onnx": onnx_path}
+        support_embeddings = None
+        if enroll_graph:
+            enroll_path = tmp / "enroll.onnx"
+            export_onnx(loaded, enroll_path, opset, support=True)
+            enroll_session = create_session(enroll_path, ("CPUExecutionProvider",), profile.threads)
+            support_embeddings = run_batched(enroll_session, pixels, profile.max_batch)
+            reports.append(check_parity(loaded.method, support_embeddings, data, backend="onnxruntime-cpu (enroll)",
+                                        precision="fp32", episodes=parity_episodes, support=True))  # fmt: skip
+            files["enroll.onnx"] = enroll_path
         engine_meta = None
         if settings is not None:
-            calib = None
-            if settings.int8:
-                calib_data = open_dataset(list(calibration_data)).load(spec)
-                calib = spec.normalize(calib_data.pixels)
+            calib = spec.normalize(calibration_images(loaded, calibration_data)) if settings.int8 else None
             engine_path, cache_path = tmp / "backbone.engine", tmp / "timing.cache"
             engine = trt_engine.build_engine(onnx_path, settings, timing_cache=cache_path, calibration_images=calib)
             engine_path.write_bytes(engine)
@@ -257,18 +304,19 @@ def export_checkpoint(
                                                      "forced": bool(failed)}, indent=2) + "\n")  # fmt: skip
         files["verify.json"] = tmp / "verify.json"
         # Calibrated on what the device computes: the ONNX Runtime embeddings of held-out classes.
-        open_set = calibrate_threshold(onnx_embeddings, data, getattr(loaded.method, "metric", "sqeuclidean"))
+        open_set = calibrate_threshold(onnx_embeddings, data, getattr(loaded.method, "metric", "sqeuclidean"),
+                                       support_embeddings=support_embeddings)  # fmt: skip
         adapt = inner_loop(loaded.method, adaptation)
         if "step_sizes_file" in adapt:
             files[adapt["step_sizes_file"]] = write_step_sizes(loaded.method, tmp / adapt["step_sizes_file"])
-        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta)
+        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta, quantization)
         manifest["open_set"] = open_set
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
     return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
 
 
 def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data: LoadedDataset,
-              adaptation: dict, engine: dict | None) -> dict:  # fmt: skip
+              adaptation: dict, engine: dict | None, quantization: dict | None) -> dict:  # fmt: skip
     import onnx
     import onnxruntime
 
@@ -276,7 +324,7 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
     metric = getattr(method, "metric", "sqeuclidean")
     scale = float(method.log_scale.detach().exp()) if metric == "cosine" else 1.0
     return {
-        "model_id": model_id(loaded),
+        "model_id": model_id(loaded, int8=quantization is not None),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {**ckpt.versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "source_checkpoint": {"file": loaded.path.name, "episode": meta.get("episode"), "seed": meta.get("seed")},
@@ -286,6 +334,12 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
             "file": "backbone.onnx",
             "opset": opset,
             "views": loaded.views,  # test-time views inside the graph (models/views.py)
+            "precision": "int8" if quantization else "fp32",
+            "quantization": quantization,
+            # Support images through more views: a second graph, run once per enrolled image, never per query.
+            "enroll": {"file": "enroll.onnx", "views": loaded.enroll_views}
+            if loaded.enroll_views != loaded.views
+            else None,
             "input": {"name": INPUT, "shape": ["batch", spec.channels, spec.size, spec.size], "dtype": "float32"},
             "output": {"name": OUTPUT, "shape": ["batch", method.backbone.embedding_dim], "dtype": "float32"},
         },  # fmt: skip

@@ -51,9 +51,13 @@ def check_parity(
     shot: int = 1,
     query: int = 5,
     seed: int = 0,
+    support: bool = False,
 ) -> ParityReport:
-    """Compare `candidate`, float32 (num_images, D) embeddings of `data` from the exported backbone, with PyTorch."""
-    reference = embed_all(method, data)
+    """Compare `candidate`, float32 (num_images, D) embeddings of `data` from the exported backbone, with PyTorch.
+
+    support: the candidate is the enrollment graph, so PyTorch embeds through the enroll views too.
+    """
+    reference = embed_all(method, data, support=support)
     diff = float(np.abs(reference - candidate).max())
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())

@@ -64,6 +64,11 @@ class Runtime:
         target = self.bundle.manifest.get("target") or {}
         self.session = create_session(self.bundle.onnx_path, tuple(target.get("onnxruntime_providers", ())),
                                       int(target.get("threads", 0)))  # fmt: skip
+        self.enroll_session = self.session
+        if self.bundle.has_enroll_graph:  # support images through their own graph (more test-time views)
+            self.enroll_session = create_session(self.bundle.enroll_onnx_path,
+                                                 tuple(target.get("onnxruntime_providers", ())),
+                                                 int(target.get("threads", 0)))  # fmt: skip
         self.max_batch = int(target.get("max_batch", 64))
         self.spec = self.bundle.preprocess
         self.metric = self.bundle.metric
@@ -87,7 +92,7 @@ class Runtime:
         t0 = time.perf_counter()
         x = preprocess(images, self.spec)
         t1 = time.perf_counter()
-        z = run_batched(self.session, x, self.max_batch)
+        z = run_batched(self.enroll_session, x, self.max_batch)
         t2 = time.perf_counter()
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else f"<{type(i).__name__}>" for i in images]
         record = self.gallery.enroll(label, z, sources=sources, replace=replace)

@@ -55,6 +55,39 @@ def test_bundle_contents_and_manifest(exported, run_dir):
     assert exported.wall < 60  # seconds, not minutes
 
 
+def test_int8_graph_for_cpu_targets_is_calibrated_verified_and_its_own_model(exported, run_dir, tmp_path):
+    q = export_checkpoint(run_dir, tmp_path / "int8", int8=True, parity_episodes=50).bundle
+    m = q.manifest
+    assert m["backbone"]["precision"] == "int8" and exported.bundle.manifest["backbone"]["precision"] == "fp32"
+    assert (
+        m["backbone"]["quantization"]["calibration_images"] > 0
+        and exported.bundle.manifest["backbone"]["quantization"] is None
+    )
+    assert q.model_id == exported.bundle.model_id + "-int8"  # int8 embeddings differ: galleries must not mix
+    ops = {n.op_type for n in onnx.load(str(q.onnx_path)).graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops  # really integer convolutions, not a float graph renamed
+    report = json.loads((q.path / "verify.json").read_text())["reports"][0]
+    assert report["precision"] == "int8" and report["passed"] and report["min_cosine"] > 0.98
+    # Close to the float graph, not equal to it, on the images the parity check used.
+    loaded = ckpt.load(run_dir)
+    from metaedge.exporter import verification_data
+
+    data = verification_data(loaded, None)
+    pixels = loaded.preprocess.normalize(data.pixels[:64])
+    a = run_batched(create_session(exported.bundle.onnx_path), pixels)
+    b = run_batched(create_session(q.onnx_path), pixels)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.98 and not np.allclose(a, b, atol=1e-5)
+    # Calibrating on images named by the user works as well, and an empty folder is refused.
+    named = export_checkpoint(run_dir, tmp_path / "named", int8=True, parity_episodes=5,
+                              calibration_data=loaded.meta["data"]["roots"]).bundle  # fmt: skip
+    assert named.manifest["backbone"]["precision"] == "int8"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="empty|no images|no classes"):
+        export_checkpoint(run_dir, tmp_path / "x", int8=True, calibration_data=[str(tmp_path / "empty")])
+    assert not (tmp_path / "x").exists()
+
+
 def test_onnx_graph_checks_and_runs_any_batch(exported, run_dir):
     model = onnx.load(str(exported.bundle.onnx_path))
     onnx.checker.check_model(model, full_check=True)
@@ -140,8 +173,8 @@ def test_failed_parity_writes_nothing_unless_forced(run_dir, tmp_path, monkeypat
 def test_refusals_before_any_work(run_dir, tmp_path, exported):
     with pytest.raises(ExportError, match="--format tensorrt"):
         export_checkpoint(run_dir, tmp_path / "x", fp16=True)
-    with pytest.raises(ExportError, match="calibration-data"):
-        export_checkpoint(run_dir, tmp_path / "x", fmt="tensorrt", int8=True)
+    with pytest.raises(ExportError, match="CPU provider.*x86-cuda.*--format tensorrt --int8"):
+        export_checkpoint(run_dir, tmp_path / "x", int8=True, target="x86-cuda")
     with pytest.raises(ExportError, match="already exists"):
         export_checkpoint(run_dir, exported.bundle.path)
     with pytest.raises(ExportError, match="no GPU"):

@@ -65,3 +65,60 @@ def test_exported_views_match_pytorch_and_change_the_model_id(tiny_run_dir, tmp_
     )
     with pytest.raises(Exception, match="fixed at export"):
         evaluate_checkpoint(result.bundle.path, views=3, **kw)
+
+
+@pytest.mark.slow
+def test_enroll_views_make_a_second_graph_the_runtime_enrolls_through(tiny_run_dir, tmp_path):
+    from metaedge import bundle as bundle_io
+    from metaedge.data import open_dataset
+    from metaedge.runtime import Runtime
+
+    result = export_checkpoint(tiny_run_dir, tmp_path / "b", parity_episodes=20, enroll_views=5)
+    plain = export_checkpoint(tiny_run_dir, tmp_path / "plain", parity_episodes=20)
+    manifest = result.bundle.manifest
+    assert manifest["backbone"]["views"] == 1 and manifest["backbone"]["enroll"] == {"file": "enroll.onnx", "views": 5}
+    assert plain.bundle.manifest["backbone"]["enroll"] is None and not plain.bundle.has_enroll_graph
+    assert result.bundle.model_id == plain.bundle.model_id + "-e5"  # a gallery of one must not open in the other
+    assert [r.backend for r in result.parity] == ["onnxruntime-cpu", "onnxruntime-cpu (enroll)"]
+    assert all(r.passed for r in result.parity)
+
+    loaded = ckpt.load(tiny_run_dir)
+    data = open_dataset(loaded.meta["data"]["roots"]).subset(loaded.meta["split"]["test"][:1]).load(loaded.preprocess)
+    pixels = loaded.preprocess.normalize(data.pixels[:12])
+    queries = run_batched(create_session(result.bundle.onnx_path), pixels)
+    support = run_batched(create_session(result.bundle.enroll_onnx_path), pixels)
+    np.testing.assert_allclose(queries, embed_all(loaded.method, data)[:12], atol=1e-4, rtol=1e-4)
+    loaded.set_enroll_views(5)
+    np.testing.assert_allclose(support, embed_all(loaded.method, data, support=True)[:12], atol=1e-4, rtol=1e-4)
+    assert not np.allclose(support, queries, atol=1e-3)
+
+    # The runtime stores what the enrollment graph computes, and classifies through the query graph.
+    images = [p[0] for p in data.pixels[:3]]  # (S, S) arrays, as a camera frame would come
+    with Runtime(result.bundle.path) as rt:
+        rt.enroll("a", images)
+        np.testing.assert_allclose(rt.gallery.embeddings("a"), support[:3], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(rt.embed(images), queries[:3], atol=1e-4, rtol=1e-4)
+
+    # Evaluating the bundle (ORT, both graphs) measures what evaluating the checkpoint with enroll views does.
+    kw = dict(way=5, shot=1, query=2, episodes=30, seed=1)
+    assert evaluate_checkpoint(tiny_run_dir, enroll_views=5, **kw).accuracy == pytest.approx(
+        evaluate_checkpoint(result.bundle.path, **kw).accuracy, abs=0.01
+    )
+    with pytest.raises(Exception, match="fixed at export"):
+        evaluate_checkpoint(result.bundle.path, enroll_views=3, **kw)
+
+    # The enrollment graph is hashed like every bundle file: a tampered one is refused.
+    graph = result.bundle.enroll_onnx_path
+    graph.write_bytes(graph.read_bytes()[:-10])
+    with pytest.raises(bundle_io.BundleError, match="enroll.onnx"):
+        bundle_io.load(result.bundle.path)
+
+
+def test_enroll_views_are_refused_for_methods_that_adapt_the_backbone(tmp_path):
+    from metaedge.errors import CheckpointError
+    from metaedge.methods import create_method
+
+    maml = ckpt.Checkpoint(create_method("maml", Conv4(width=8)), {"algorithm": {"name": "maml"},
+                           "preprocess": {"size": 28}}, tmp_path / "x")  # fmt: skip
+    with pytest.raises(CheckpointError, match="enrollment views need a method"):
+        maml.set_enroll_views(3)

@@ -48,10 +48,19 @@ class FewShotMethod(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.views: TestTimeViews | None = None
+        self.enroll_views: TestTimeViews | None = None  # None: support images are embedded as queries are
 
     def set_views(self, count: int, size: int) -> None:
         """Embed in eval mode as the mean over `count` fixed warps of each image (models/views.py); 1 turns it off."""
         self.views = TestTimeViews(count, size) if count > 1 else None
+
+    def set_enroll_views(self, count: int | None, size: int) -> None:
+        """Embed SUPPORT images (enrollment) through `count` views, queries as `set_views` says; None: the same.
+
+        Enrollment happens once per class and classification once per image, so views spent on the support
+        set make prototypes steadier without adding anything to the latency of classifying.
+        """
+        self.enroll_views = None if count is None else TestTimeViews(count, size)
 
     def config(self) -> dict:
         """The method's hyperparameters, as stored in a checkpoint and passed back to the constructor."""
@@ -63,6 +72,12 @@ class FewShotMethod(nn.Module):
             # Views are a test-time device: training sees random warps of its own (data/augment.py).
             return self.views(self.backbone, images)
         return self.backbone(images)
+
+    def embed_support(self, images: torch.Tensor) -> torch.Tensor:
+        """Support (enrollment) images (B, C, H, W) -> embeddings (B, D): through the enroll views where set."""
+        if self.enroll_views is not None and not self.training:
+            return self.enroll_views(self.backbone, images)
+        return self.embed(images)
 
     def episode_logits(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, way: int

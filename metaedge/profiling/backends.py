@@ -95,7 +95,9 @@ def _torch(bundle: Bundle, target: dict, checkpoint: Path | None, warnings: list
     # The bundle's test-time views are part of its graph; PyTorch runs the same views, or it would time less work.
     views = int(bundle.manifest["backbone"].get("views", 1))
     loaded.set_views(views)
-    ident = model_id(loaded)
+    if bundle.has_enroll_graph:  # timed: the query graph; named: as the bundle is, so the ids compare
+        loaded.set_enroll_views(int(bundle.manifest["backbone"]["enroll"]["views"]))
+    ident = model_id(loaded, int8=bundle.manifest["backbone"].get("precision") == "int8")
     same_net = loaded.meta["backbone"]["name"] == bundle.manifest["backbone"]["name"] and \
         loaded.meta["backbone"]["kwargs"] == bundle.manifest["backbone"].get("kwargs")  # fmt: skip
     if not same_net:
@@ -133,7 +135,8 @@ def _onnxruntime(bundle: Bundle, target: dict, requested: bool) -> list[Backend]
     out = []
     for provider in providers:
         name = ORT_NAMES.get(provider, "ort-" + provider.removesuffix("ExecutionProvider").lower())
-        detail = {"provider": provider, "threads": threads}
+        detail = {"provider": provider, "threads": threads,
+                  "precision": bundle.manifest["backbone"].get("precision", "fp32")}  # fmt: skip
         if not requested:
             out.append(_skipped(name, "onnxruntime", "not requested (--backend)", **detail))
             continue

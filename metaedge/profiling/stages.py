@@ -235,8 +235,11 @@ class Plan:
         if self.config.target is not None:
             # Profiling for another target: its providers, threads and batch limit, as a device of that kind
             # would construct the runtime from a bundle exported for it.
-            rt.session = create_session(self.bundle.onnx_path, tuple(self.target.get("onnxruntime_providers", ())),
-                                        int(self.target.get("threads", 0)))  # fmt: skip
+            providers, threads = tuple(self.target.get("onnxruntime_providers", ())), int(self.target.get("threads", 0))
+            rt.session = create_session(self.bundle.onnx_path, providers, threads)
+            rt.enroll_session = rt.session
+            if self.bundle.has_enroll_graph:
+                rt.enroll_session = create_session(self.bundle.enroll_onnx_path, providers, threads)
             rt.max_batch = int(self.target.get("max_batch", 64))
         return rt
 
