@@ -257,7 +257,7 @@ def export_checkpoint(
         t = time.perf_counter()
         export_onnx(loaded, float_path, opset)
         timings["onnx_export_s"] = time.perf_counter() - t
-        quantization = None
+        quantization, calib = None, None
         if quantize_graph:
             t = time.perf_counter()
             calib = spec.normalize(calibration_images(loaded, calibration_data))
@@ -274,11 +274,16 @@ def export_checkpoint(
         support_embeddings = None
         if enroll_graph:
             enroll_path = tmp / "enroll.onnx"
-            export_onnx(loaded, enroll_path, opset, support=True)
+            # int8 too where the query graph is: N views of every support image cost N passes at enrollment.
+            enroll_float = tmp / "enroll-float.onnx" if quantize_graph else enroll_path
+            export_onnx(loaded, enroll_float, opset, support=True)
+            if quantize_graph:
+                quantize.quantize_int8(enroll_float, enroll_path, calib, INPUT)
             enroll_session = create_session(enroll_path, ("CPUExecutionProvider",), profile.threads)
             support_embeddings = run_batched(enroll_session, pixels, profile.max_batch)
             reports.append(check_parity(loaded.method, support_embeddings, data, backend="onnxruntime-cpu (enroll)",
-                                        precision="fp32", episodes=parity_episodes, support=True))  # fmt: skip
+                                        precision="int8" if quantize_graph else "fp32", episodes=parity_episodes,
+                                        support=True))  # fmt: skip
             files["enroll.onnx"] = enroll_path
         engine_meta = None
         if settings is not None:

@@ -27,6 +27,9 @@ run w64-flip-elastic --flips --elastic 0.05
 run w64-flip-elastic-strokes3 --flips --elastic 0.05 "${STROKES[@]}" --stroke-variants 3
 run w128-flip-elastic --width 128 --flips --elastic 0.05
 run w64-d5-56-flip-elastic --depth 5 --image-size 56 --flips --elastic 0.05
+# Half, then all, of the training episodes drawn within one alphabet (validated every 250 episodes).
+run w64-flip-elastic-wg0.5 --flips --elastic 0.05 --within-group 0.5 --val-every 250
+run w64-flip-elastic-wg1.0 --flips --elastic 0.05 --within-group 1.0 --val-every 250
 
 python scripts/accuracy_pareto.py \
   --candidate "w64 6000 (issue 2 reference)=runs/protonet-conv4-cpu" \
@@ -67,3 +70,24 @@ python scripts/accuracy_pareto.py \
   --candidate "ensemble of 3, independent=$OUT/ens3-indep" \
   --candidate "ensemble of 4=$OUT/ens4-indep" \
   --json "$OUT/pareto-independent.json" --markdown "$OUT/pareto-independent.md"
+
+# Second session: support-side views (--enroll-views), int8 graphs (--int8), and a fifth member trained by
+# scripts/reference_bundle.sh (seed 31, half the episodes within one alphabet).
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-6000 runs/conv4w128-seed31-2000 \
+  runs/w128-s31-wg --out "$OUT/ens5" --overwrite
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-seed31-2000 runs/w128-s31-wg \
+  --out "$OUT/ens4b" --overwrite
+python scripts/accuracy_pareto.py \
+  --candidate "w128 seed 31, half within-alphabet=runs/w128-s31-wg" \
+  --candidate "ensemble of 3 (shipped until now)=$OUT/ens3" \
+  --candidate "ensemble of 3=$OUT/ens3@1,e9" \
+  --candidate "ensemble of 3=$OUT/ens3@1,e9,int8" \
+  --candidate "ensemble of 4=$OUT/ens4-indep@1,e9,int8" \
+  --candidate "ensemble of 4, new member=$OUT/ens4b@1,e9,int8" \
+  --candidate "ensemble of 5=$OUT/ens5@1,e9,int8" \
+  --candidate "ensemble of 5=$OUT/ens5@1,e9" \
+  --json "$OUT/pareto-enroll-int8.json" --markdown "$OUT/pareto-enroll-int8.md"
+for views in 2 3 5; do
+  metaedge evaluate "$OUT/ens5" --enroll-views "$views" --way 20 --shot 1 --query 1 --episodes 1000 \
+    --within-group --disjoint-drawers --seed 0 --json
+done

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Accuracy against edge latency for candidate models: each exported as the device runs it, then measured.
 
-    python scripts/accuracy_pareto.py --candidate NAME=RUN_DIR[@VIEWS] [--candidate ...] [--episodes 1000]
+    python scripts/accuracy_pareto.py --candidate NAME=RUN_DIR[@EXPORT] [--candidate ...] [--episodes 1000]
         [--json PATH] [--markdown PATH]
 
-For every candidate: export the run's best checkpoint to a bundle (with VIEWS test-time views in the graph,
-default 1; parity-checked as `metaedge export` does), evaluate the bundle through ONNX Runtime and the native
+EXPORT: comma-separated `metaedge export` settings: a number N for `--views N`, eN for `--enroll-views N`,
+int8 for `--int8` (e.g. `runs/ens3@1,e9,int8`); default: one view, float.
+
+For every candidate: export the run's best checkpoint to a bundle (with those settings; parity-checked as
+`metaedge export` does), evaluate the bundle through ONNX Runtime and the native
 kernels on the held-out alphabets, within-alphabet 20-way 1-shot with support and query by different drawers
 (Lake et al.'s protocol, seeded episodes), and time `Runtime.classify` of one image, decode to answer, against
 a 20-class on-disk gallery. Prints one row per candidate, marks the Pareto front (no other candidate is both
@@ -59,6 +62,10 @@ def recipe(meta: dict) -> str:
         parts.append("affine" + (f"+elastic {c['elastic']}" if c.get("elastic") else ""))
     if c.get("stroke_variants"):
         parts.append(f"strokes x{c['stroke_variants']}")
+    if c.get("within_group"):
+        parts.append(f"{c['within_group']:.0%} within-alphabet episodes")
+    if c.get("seed"):
+        parts.append(f"seed {c['seed']}")
     return ", ".join(parts)
 
 
@@ -69,14 +76,36 @@ def trained(meta: dict, key: str) -> float:
     return meta.get(key) or 0
 
 
-def measure(name: str, run: Path, views: int, episodes: int, workdir: Path) -> dict:
+def parse_export(text: str) -> dict:
+    """ "3,e9,int8" -> {"views": 3, "enroll_views": 9, "int8": True}."""
+    settings = {"views": 1, "enroll_views": None, "int8": False}
+    for item in filter(None, text.split(",")):
+        if item == "int8":
+            settings["int8"] = True
+        elif item.startswith("e") and item[1:].isdigit():
+            settings["enroll_views"] = int(item[1:])
+        elif item.isdigit():
+            settings["views"] = int(item)
+        else:
+            raise SystemExit(f"unknown export setting {item!r}: expected N, eN or int8")
+    return settings
+
+
+def describe(settings: dict) -> str:
+    text = str(settings["views"])
+    if settings["enroll_views"] not in (None, settings["views"]):
+        text += f", enroll {settings['enroll_views']}"
+    return text + (", int8" if settings["int8"] else "")
+
+
+def measure(name: str, run: Path, settings: dict, episodes: int, workdir: Path) -> dict:
     loaded = ckpt.load(run)
-    bundle = export_checkpoint(run, workdir / name, views=views, overwrite=True, parity_episodes=50).bundle.path
+    bundle = export_checkpoint(run, workdir / name, overwrite=True, parity_episodes=50, **settings).bundle.path
     size_mb = sum(p.stat().st_size for p in bundle.iterdir()) / 2**20
     protocol = dict(way=20, shot=1, query=1, episodes=episodes, within_group=True, disjoint_drawers=True, seed=0)
     result = evaluate_checkpoint(bundle, **protocol)
     return {
-        "name": name, "run": str(run), "views": views, "recipe": recipe(loaded.meta),
+        "name": name, "run": str(run), "views": describe(settings), "export": settings, "recipe": recipe(loaded.meta),
         "episodes_trained": trained(loaded.meta, "episode"),
         "train_minutes": trained(loaded.meta, "train_seconds") / 60,
         "accuracy": result.accuracy, "ci95": result.ci95, "groups": result.groups, "eval_episodes": episodes,
@@ -115,8 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="metaedge-pareto-") as tmp:
         for spec in args.candidate:
             name, _, target = spec.partition("=")
-            run, _, views = target.partition("@")
-            row = measure(name, Path(run), int(views or 1), args.episodes, Path(tmp))
+            run, _, settings = target.partition("@")
+            row = measure(name, Path(run), parse_export(settings), args.episodes, Path(tmp))
             print(f"{name}: {100 * row['accuracy']:.2f}% ± {100 * row['ci95']:.2f}, classify p50 "
                   f"{row['classify_p50_ms']:.2f} ms, {row['bundle_mb']:.2f} MB", flush=True)  # fmt: skip
             rows.append(row)

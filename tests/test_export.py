@@ -82,6 +82,11 @@ def test_int8_graph_for_cpu_targets_is_calibrated_verified_and_its_own_model(exp
     named = export_checkpoint(run_dir, tmp_path / "named", int8=True, parity_episodes=5,
                               calibration_data=loaded.meta["data"]["roots"]).bundle  # fmt: skip
     assert named.manifest["backbone"]["precision"] == "int8"
+    # An enrollment graph is quantized with the query graph: N views cost N passes per enrolled image.
+    both = export_checkpoint(run_dir, tmp_path / "both", int8=True, enroll_views=3, parity_episodes=5)
+    assert [(r.backend, r.precision, r.passed) for r in both.parity] == [
+        ("onnxruntime-cpu", "int8", True), ("onnxruntime-cpu (enroll)", "int8", True)]  # fmt: skip
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(both.bundle.enroll_onnx_path)).graph.node}
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="empty|no images|no classes"):
         export_checkpoint(run_dir, tmp_path / "x", int8=True, calibration_data=[str(tmp_path / "empty")])
