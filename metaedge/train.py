@@ -230,6 +230,10 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     finally:
         if log is not None:
             log.close()
+    # Every rank waits for rank 0's last checkpoint before leaving: a rank that tore its process group down
+    # while rank 0 was still writing and validating was seen to abort in gloo ("terminate called without an
+    # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
+    distributed.barrier(ranks)
     return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
 
 
