@@ -53,6 +53,11 @@ class Checkpoint:
         """Views of support (enrollment) images: the query views unless set apart."""
         return int(self.meta.get("enroll_views", self.views))
 
+    @property
+    def enrolls_apart(self) -> bool:
+        """Support images are embedded differently from queries: an export gets an enrollment graph."""
+        return self.enroll_views != self.views
+
     def set_enroll_views(self, count: int) -> None:
         """Embed support images through `count` views (queries keep theirs); export adds an enrollment graph."""
         if not self.method.embeds_independently:

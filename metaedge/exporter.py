@@ -72,7 +72,7 @@ def model_id(checkpoint: ckpt.Checkpoint, int8: bool = False) -> str:
     # match a bundle with another.
     if checkpoint.views != 1:
         base = f"{base}-v{checkpoint.views}"
-    if checkpoint.enroll_views != checkpoint.views:
+    if checkpoint.enrolls_apart:
         base = f"{base}-e{checkpoint.enroll_views}"
     return f"{base}-int8" if int8 else base
 
@@ -129,34 +129,44 @@ def check_onnx(path: Path) -> None:
 
 def verification_data(checkpoint: ckpt.Checkpoint, verify_data: Sequence[str] | None) -> LoadedDataset:
     """Real images for the parity check: `verify_data`, else the checkpoint's held-out classes."""
-    if verify_data:
-        dataset = open_dataset(list(verify_data))
-    else:
-        roots, groups = checkpoint.meta["data"]["roots"], checkpoint.meta.get("split", {}).get("test") or []
-        if not groups:
-            raise ExportError("the checkpoint holds out no groups; pass --verify-data with real images")
-        try:
-            dataset = open_dataset(roots).subset(groups)
-        except MetaedgeError as e:
-            raise ExportError(f"cannot read the checkpoint's held-out data ({e}); pass --verify-data") from None
-    return dataset.load(checkpoint.preprocess)
+    return _images(checkpoint, verify_data, "test", "--verify-data", "holds out no groups", "held-out data")
 
 
 def calibration_images(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
     """Images to calibrate int8 ranges on, uint8 (N, C, S, S): `calibration_data`, else a fixed sample of the
     checkpoint's own training images (never its held-out groups, which parity and evaluation use).
     """
-    if calibration_data:
-        dataset = open_dataset(list(calibration_data))
+    data = _images(checkpoint, calibration_data, "train", "--calibration-data", "names no training groups",
+                   "training data")  # fmt: skip
+    return quantize.calibration_sample(data.pixels)
+
+
+def _images(checkpoint: ckpt.Checkpoint, given: Sequence[str] | None, part: str, option: str, none: str,
+            what: str) -> LoadedDataset:  # fmt: skip
+    """`given` roots, else the `part` ("train" or "test") groups of the checkpoint's own data, decoded."""
+    if given:
+        dataset = open_dataset(list(given))
     else:
-        roots, groups = checkpoint.meta["data"]["roots"], checkpoint.meta.get("split", {}).get("train") or []
+        roots, groups = checkpoint.meta["data"]["roots"], checkpoint.meta.get("split", {}).get(part) or []
         if not groups:
-            raise ExportError("the checkpoint names no training groups; pass --calibration-data with real images")
+            raise ExportError(f"the checkpoint {none}; pass {option} with real images")
         try:
             dataset = open_dataset(roots).subset(groups)
         except MetaedgeError as e:
-            raise ExportError(f"cannot read the checkpoint's training data ({e}); pass --calibration-data") from None
-    return quantize.calibration_sample(dataset.load(checkpoint.preprocess).pixels)
+            raise ExportError(f"cannot read the checkpoint's {what} ({e}); pass {option}") from None
+    return dataset.load(checkpoint.preprocess)
+
+
+def _graph(checkpoint: ckpt.Checkpoint, path: Path, opset: int, calibration: np.ndarray | None,
+           support: bool = False) -> dict | None:  # fmt: skip
+    """Export the query (or `support`: enrollment) graph to `path`; int8 when `calibration` images are given,
+    then returns what quantize_int8 records about it."""
+    if calibration is None:
+        export_onnx(checkpoint, path, opset, support=support)
+        return None
+    float_path = path.with_name(f"{path.stem}-float.onnx")
+    export_onnx(checkpoint, float_path, opset, support=support)
+    return quantize.quantize_int8(float_path, path, calibration, INPUT)
 
 
 def engine_settings(profile: TargetProfile, spec, fp16: bool, int8: bool) -> trt_engine.EngineSettings:
@@ -235,8 +245,6 @@ def export_checkpoint(
         loaded.set_views(views)
     if enroll_views is not None:
         loaded.set_enroll_views(enroll_views)
-    # Support images get a graph of their own only where they are embedded differently from queries.
-    enroll_graph = loaded.enroll_views != loaded.views
     spec = loaded.preprocess
     settings = engine_settings(profile, spec, fp16, int8) if fmt == "tensorrt" else None
     if dry_run:
@@ -253,37 +261,28 @@ def export_checkpoint(
     with tempfile.TemporaryDirectory(prefix="metaedge-export-") as tmp:
         tmp = Path(tmp)
         onnx_path = tmp / "backbone.onnx"
-        float_path = tmp / "float.onnx" if quantize_graph else onnx_path
         t = time.perf_counter()
-        export_onnx(loaded, float_path, opset)
-        timings["onnx_export_s"] = time.perf_counter() - t
-        quantization, calib = None, None
-        if quantize_graph:
-            t = time.perf_counter()
-            calib = spec.normalize(calibration_images(loaded, calibration_data))
-            quantization = quantize.quantize_int8(float_path, onnx_path, calib, INPUT)
-            timings["quantize_s"] = time.perf_counter() - t
+        calib = spec.normalize(calibration_images(loaded, calibration_data)) if quantize_graph else None
+        quantization = _graph(loaded, onnx_path, opset, calib)
+        timings["onnx_export_s"] = time.perf_counter() - t  # with quantization, where asked
         t = time.perf_counter()
         data = verification_data(loaded, verify_data)
         session = create_session(onnx_path, ("CPUExecutionProvider",), profile.threads)
         pixels = spec.normalize(data.pixels)
         onnx_embeddings = run_batched(session, pixels, profile.max_batch)
-        reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu",
-                                precision="int8" if quantize_graph else "fp32", episodes=parity_episodes)]  # fmt: skip
+        precision = "int8" if quantize_graph else "fp32"
+        reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu", precision=precision,
+                                episodes=parity_episodes)]  # fmt: skip
         files = {"backbone.onnx": onnx_path}
         support_embeddings = None
-        if enroll_graph:
+        if loaded.enrolls_apart:  # support images embedded differently from queries: a graph of their own
             enroll_path = tmp / "enroll.onnx"
             # int8 too where the query graph is: N views of every support image cost N passes at enrollment.
-            enroll_float = tmp / "enroll-float.onnx" if quantize_graph else enroll_path
-            export_onnx(loaded, enroll_float, opset, support=True)
-            if quantize_graph:
-                quantize.quantize_int8(enroll_float, enroll_path, calib, INPUT)
+            _graph(loaded, enroll_path, opset, calib, support=True)
             enroll_session = create_session(enroll_path, ("CPUExecutionProvider",), profile.threads)
             support_embeddings = run_batched(enroll_session, pixels, profile.max_batch)
             reports.append(check_parity(loaded.method, support_embeddings, data, backend="onnxruntime-cpu (enroll)",
-                                        precision="int8" if quantize_graph else "fp32", episodes=parity_episodes,
-                                        support=True))  # fmt: skip
+                                        precision=precision, episodes=parity_episodes, support=True))  # fmt: skip
             files["enroll.onnx"] = enroll_path
         engine_meta = None
         if settings is not None:
@@ -342,9 +341,7 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
             "precision": "int8" if quantization else "fp32",
             "quantization": quantization,
             # Support images through more views: a second graph, run once per enrolled image, never per query.
-            "enroll": {"file": "enroll.onnx", "views": loaded.enroll_views}
-            if loaded.enroll_views != loaded.views
-            else None,
+            "enroll": {"file": "enroll.onnx", "views": loaded.enroll_views} if loaded.enrolls_apart else None,
             "input": {"name": INPUT, "shape": ["batch", spec.channels, spec.size, spec.size], "dtype": "float32"},
             "output": {"name": OUTPUT, "shape": ["batch", method.backbone.embedding_dim], "dtype": "float32"},
         },  # fmt: skip
