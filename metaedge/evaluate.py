@@ -180,16 +180,23 @@ def _held_out(meta: dict, where: str, data, groups):
     return open_dataset(list(data)).subset(groups)
 
 
+def bundle_embeddings(bundle, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 (N, C, S, S) images through a bundle as the device runs them -> (queries, support or None), float32
+    (N, D): support embeddings from the enrollment graph, as Runtime.enroll computes them, where there is one.
+    """
+    from metaedge.ort import create_session, run_batched
+
+    x = bundle.preprocess.normalize(pixels)
+    queries = run_batched(create_session(bundle.onnx_path), x)
+    return queries, run_batched(create_session(bundle.enroll_onnx_path), x) if bundle.has_enroll_graph else None
+
+
 def _evaluate_bundle(bundle, data, groups, **protocol) -> EvalResult:
     from metaedge.methods.protonet import prototype_logits
-    from metaedge.ort import create_session, run_batched
 
     training = bundle.manifest.get("training") or {}
     dataset = _held_out(training, str(bundle.path), data, groups).load(bundle.preprocess)
-    pixels = bundle.preprocess.normalize(dataset.pixels)
-    embeddings = run_batched(create_session(bundle.onnx_path), pixels)
-    # Support images go through the enrollment graph, as Runtime.enroll sends them.
-    support = run_batched(create_session(bundle.enroll_onnx_path), pixels) if bundle.has_enroll_graph else None
+    embeddings, support = bundle_embeddings(bundle, dataset.pixels)
     metric, scale = bundle.metric, bundle.scale
     classify = lambda s, sl, q, way: prototype_logits(s, sl, q, way, metric, scale)  # noqa: E731
     return evaluate_embeddings(embeddings, classify, dataset, support_embeddings=support, **protocol)

@@ -61,15 +61,7 @@ class Runtime:
         from metaedge.gallery import Gallery
 
         self.bundle = bundle_io.load(REFERENCE_BUNDLE if bundle is None else bundle)
-        target = self.bundle.manifest.get("target") or {}
-        self.session = create_session(self.bundle.onnx_path, tuple(target.get("onnxruntime_providers", ())),
-                                      int(target.get("threads", 0)))  # fmt: skip
-        self.enroll_session = self.session
-        if self.bundle.has_enroll_graph:  # support images through their own graph (more test-time views)
-            self.enroll_session = create_session(self.bundle.enroll_onnx_path,
-                                                 tuple(target.get("onnxruntime_providers", ())),
-                                                 int(target.get("threads", 0)))  # fmt: skip
-        self.max_batch = int(target.get("max_batch", 64))
+        self.use_target(self.bundle.manifest.get("target") or {})
         self.spec = self.bundle.preprocess
         self.metric = self.bundle.metric
         self.gallery = Gallery(
@@ -77,6 +69,15 @@ class Runtime:
         )
         self._head_cache: tuple | None = None  # (gallery version, weight (C, D), bias (C,))
         self._proto_cache: tuple | None = None  # (gallery version, labels, prototypes (C, D))
+
+    def use_target(self, target: dict) -> None:
+        """(Re)open the sessions with a target profile's providers, threads and batch limit."""
+        providers, threads = tuple(target.get("onnxruntime_providers", ())), int(target.get("threads", 0))
+        self.session = create_session(self.bundle.onnx_path, providers, threads)
+        self.enroll_session = self.session
+        if self.bundle.has_enroll_graph:  # support images through their own graph (more test-time views)
+            self.enroll_session = create_session(self.bundle.enroll_onnx_path, providers, threads)
+        self.max_batch = int(target.get("max_batch", 64))
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:

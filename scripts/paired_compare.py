@@ -18,17 +18,8 @@ import numpy as np
 
 from metaedge import bundle as bundle_io
 from metaedge.data import EpisodeSampler
-from metaedge.evaluate import EVAL_SEED_OFFSET, _held_out, mean_ci95
+from metaedge.evaluate import EVAL_SEED_OFFSET, _held_out, bundle_embeddings, mean_ci95
 from metaedge.methods.protonet import prototype_logits
-from metaedge.ort import create_session, run_batched
-
-
-def embeddings(bundle: bundle_io.Bundle, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query embeddings, support embeddings), float32 (N, D) each, as the device computes them."""
-    x = bundle.preprocess.normalize(pixels)
-    queries = run_batched(create_session(bundle.onnx_path), x)
-    support = run_batched(create_session(bundle.enroll_onnx_path), x) if bundle.has_enroll_graph else queries
-    return queries, support
 
 
 def main() -> None:
@@ -57,7 +48,8 @@ def main() -> None:
     )  # fmt: skip
     per_model = []
     for b, d in zip(bundles, data):
-        queries, support = embeddings(b, d.pixels)
+        queries, support = bundle_embeddings(b, d.pixels)
+        support = queries if support is None else support
         accs = []
         for ep in sampler.episodes(args.episodes):
             logits = prototype_logits(support[ep.support], ep.support_labels, queries[ep.query], args.way, b.metric,

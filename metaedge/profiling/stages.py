@@ -13,7 +13,7 @@ from metaedge import kernels
 from metaedge.bundle import Bundle
 from metaedge.gallery import Gallery
 from metaedge.images import open_image, preprocess
-from metaedge.ort import available_providers, create_session
+from metaedge.ort import available_providers
 from metaedge.profiling.backends import ORT_NAMES, Backend
 from metaedge.profiling.config import ProfileConfig
 from metaedge.profiling.timer import Start
@@ -235,12 +235,7 @@ class Plan:
         if self.config.target is not None:
             # Profiling for another target: its providers, threads and batch limit, as a device of that kind
             # would construct the runtime from a bundle exported for it.
-            providers, threads = tuple(self.target.get("onnxruntime_providers", ())), int(self.target.get("threads", 0))
-            rt.session = create_session(self.bundle.onnx_path, providers, threads)
-            rt.enroll_session = rt.session
-            if self.bundle.has_enroll_graph:
-                rt.enroll_session = create_session(self.bundle.enroll_onnx_path, providers, threads)
-            rt.max_batch = int(self.target.get("max_batch", 64))
+            rt.use_target(self.target)
         return rt
 
     def _runtime_name(self) -> str:
