@@ -21,7 +21,10 @@ def fail(message: str, code: int = 1) -> None:
 
 @contextlib.contextmanager
 def training_progress(total: int, enabled: bool = True) -> Iterator[tuple]:
-    """A progress bar with live loss, accuracy and episodes per second; yields (on_step, on_validate) callbacks."""
+    """A progress bar with live loss, accuracy and episodes per second.
+
+    Yields the callbacks (on_step, on_validate, on_pretrain); pre-training epochs print one line each.
+    """
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -48,4 +51,8 @@ def training_progress(total: int, enabled: bool = True) -> Iterator[tuple]:
         def on_validate(episode: int, result) -> None:
             progress.update(task, val=f"val {100 * result.accuracy:.1f}±{100 * result.ci95:.1f}%")
 
-        yield on_step, on_validate
+        def on_pretrain(stats) -> None:
+            if enabled:
+                progress.console.print(f"pretrain epoch {stats.epoch}: loss {stats.loss:.3f}  acc {stats.accuracy:.3f}")
+
+        yield on_step, on_validate, on_pretrain

@@ -57,6 +57,10 @@ def train(
         float, typer.Option(help="Fraction of training episodes drawn from one group (alphabet), 0 to 1.")
     ] = 0.0,
     episodes: Annotated[int, typer.Option(help="Training episodes in total.")] = 2000,
+    pretrain_epochs: Annotated[
+        int, typer.Option(help="First train the backbone as a classifier of all training classes for N epochs.")
+    ] = 0,
+    pretrain_batch: Annotated[int, typer.Option(help="Images per pre-training batch.")] = 128,
     holdout_groups: Annotated[int, typer.Option(help="Groups (alphabets) held out for testing.")] = 2,
     val_groups: Annotated[int, typer.Option(help="Further groups held out to pick the best checkpoint.")] = 1,
     rotations: Annotated[bool, typer.Option(help="Each 90-degree rotation of a class is a new class.")] = True,
@@ -96,7 +100,7 @@ def train(
     config = TrainConfig(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
         width=width, depth=depth, image_size=image_size, way=way, shot=shot, query=query, within_group=within_group,
-        episodes=episodes,
+        episodes=episodes, pretrain_epochs=pretrain_epochs, pretrain_batch=pretrain_batch,
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
         strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,
@@ -104,8 +108,9 @@ def train(
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     try:
-        with training_progress(episodes, enabled=not as_json and main_rank) as (on_step, on_validate):
-            result = run_training(config, resume=resume, overwrite=overwrite, on_step=on_step, on_validate=on_validate)
+        with training_progress(episodes, enabled=not as_json and main_rank) as (on_step, on_validate, on_pretrain):
+            result = run_training(config, resume=resume, overwrite=overwrite, on_step=on_step,
+                                  on_validate=on_validate, on_pretrain=on_pretrain)  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))
     summary = {"run_dir": str(result.run_dir), "episodes": result.episodes, "minutes": result.seconds / 60,

@@ -28,6 +28,7 @@ from metaedge.data import (
 from metaedge.data.strokes import StrokeIndex
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
+from metaedge.pretrain import PretrainStats, pretrain_classifier
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
     query: int = 5
     within_group: float = 0.0
     episodes: int = 2000
+    pretrain_epochs: int = 0
+    pretrain_batch: int = 128
     holdout_groups: int = 2
     val_groups: int = 1
     rotations: bool = True
@@ -112,19 +115,29 @@ def train(
     overwrite: bool = False,
     on_step: Callable[[StepStats], None] | None = None,
     on_validate: Callable[[int, EvalResult], None] | None = None,
+    on_pretrain: Callable[[PretrainStats], None] | None = None,
 ) -> TrainResult:
-    """Meta-train per `config`, writing `best.safetensors`, `last.safetensors` and `log.jsonl` into `config.out`."""
+    """Meta-train per `config`, writing `best.safetensors`, `last.safetensors` and `log.jsonl` into `config.out`.
+
+    With `config.pretrain_epochs`, a fresh run first pre-trains the backbone as a classifier of all training
+    classes (metaedge/pretrain.py); a resumed run is past that stage and goes straight on with its episodes.
+    """
     run_dir = Path(config.out)
     ranks, device = distributed.setup(pick_device(config.device))
+    if config.pretrain_epochs < 0 or config.pretrain_batch < 1:
+        raise DataError(f"--pretrain-epochs must be >= 0 and --pretrain-batch >= 1, not {config.pretrain_epochs} "
+                        f"and {config.pretrain_batch}")  # fmt: skip
+    if config.pretrain_epochs and config.pretrain_batch < ranks.world:
+        raise DataError(f"--pretrain-batch {config.pretrain_batch} is smaller than the {ranks.world} ranks sharing it")
     if config.meta_batch < ranks.world:
         raise DataError(f"--meta-batch {config.meta_batch} is smaller than the {ranks.world} ranks sharing it")
     try:
-        return _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate)
+        return _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate, on_pretrain)
     finally:
         distributed.cleanup(ranks)
 
 
-def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate) -> TrainResult:
+def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate, on_pretrain) -> TrainResult:
     start_episode, best_acc, elapsed, state_meta = 0, -1.0, 0.0, None
     if resume:
         last = run_dir / ckpt.LAST
@@ -194,6 +207,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     t0 = time.perf_counter() - elapsed
     episode = start_episode
     try:
+        if start_episode == 0 and config.pretrain_epochs > 0:
+            _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain)
         for episode in range(start_episode, config.episodes):
             stats = _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks)
             if on_step is not None and ranks.main:
@@ -235,6 +250,26 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
     distributed.barrier(ranks)
     return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
+
+
+def _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain) -> None:
+    """Stage 1 of Meta-Baseline on the backbone; one log row per epoch (rank 0), episodes follow from episode 0."""
+
+    def on_epoch(stats: PretrainStats) -> None:
+        if not ranks.main:
+            return
+        row = {"pretrain_epoch": stats.epoch, "loss": stats.loss, "train_accuracy": stats.accuracy,
+               "seconds": time.perf_counter() - t0}  # fmt: skip
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if on_pretrain is not None:
+            on_pretrain(stats)
+
+    labels = torch.from_numpy(train_data.labels).to(images.device)
+    pretrain_classifier(
+        method.backbone, images, labels, epochs=config.pretrain_epochs, batch=config.pretrain_batch, lr=config.lr,
+        seed=config.seed, augment=augment, ranks=ranks, on_epoch=on_epoch,
+    )  # fmt: skip
 
 
 def _algorithm_config(config: TrainConfig) -> dict:
