@@ -149,17 +149,13 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         config = dataclasses.replace(stored, episodes=max(config.episodes, stored.episodes), device=config.device)
         start_episode, best_acc = state_meta["episode"], state_meta.get("best_val_accuracy", -1.0)
         elapsed = state_meta.get("train_seconds", 0.0)
-    elif overwrite and ranks.main:
-        for name in (ckpt.LAST, ckpt.BEST, "log.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
     elif (run_dir / ckpt.LAST).exists() and not overwrite:
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or another --out"
         )
-    if ranks.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(ranks)  # rank 0 has cleared or created the run directory
 
+    # Everything that can fail on bad data or settings happens before the run directory is touched, so a
+    # mistyped option neither leaves an empty run behind nor lets --overwrite delete the run it would replace.
     spec = config.spec()
     dataset = open_dataset(config.data)
     split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, config.seed)
@@ -172,6 +168,12 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
 
     torch.manual_seed(config.seed)
     method = ckpt.build_method(_arch_meta(config))
+    if ranks.main:
+        if overwrite and state_meta is None:
+            for name in (ckpt.LAST, ckpt.BEST, "log.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ranks)  # rank 0 has cleared or created the run directory
     # channels-last convolutions run about 1.4x faster in PyTorch's CPU backend (oneDNN) at these sizes.
     method.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)

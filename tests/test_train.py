@@ -70,6 +70,20 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(omniglot_zips, tmp_pat
         train(tiny(omniglot_zips, tmp_path / "r", episodes=2))
 
 
+def test_bad_settings_touch_no_run_directory(omniglot_zips, tmp_path):
+    from metaedge.errors import MetaedgeError
+
+    with pytest.raises(MetaedgeError, match="unknown backbone"):
+        train(tiny(omniglot_zips, tmp_path / "new", backbone="nope"))
+    assert not (tmp_path / "new").exists()
+    train(tiny(omniglot_zips, tmp_path / "r", episodes=2, val_every=2, val_episodes=2))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    # --overwrite with a mistyped option must not have deleted the run it was about to replace.
+    with pytest.raises(MetaedgeError, match="unknown backbone"):
+        train(tiny(omniglot_zips, tmp_path / "r", backbone="nope"), overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+
+
 def test_within_group_episodes_train_and_are_recorded(omniglot_zips, tmp_path):
     from metaedge.errors import DataError
 
