@@ -91,3 +91,35 @@ for views in 2 3 5; do
   metaedge evaluate "$OUT/ens5" --enroll-views "$views" --way 20 --shot 1 --query 1 --episodes 1000 \
     --within-group --disjoint-drawers --seed 0 --json
 done
+
+# Third session: classifier pre-training (Meta-Baseline, --pretrain-epochs) and a sixth independent member,
+# both Conv4-128 with the shipped members' recipe and seed 48 (same alphabet split as seed 0). Every
+# candidate is then evaluated twice: on the seed-0 episodes used to choose models so far, and on 2000 fresh
+# seed-1 episodes that no choice has looked at.
+full() {  # name flags...
+  local name=$1
+  shift
+  [ -f "runs/$name/last.safetensors" ] && return
+  metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
+    --out "runs/$name" --width 128 --way 60 --shot 1 --query 5 --flips --elastic 0.05 --holdout-groups 2 \
+    --val-groups 0 --val-every 500 --seed 48 --device "$DEVICE" --json "$@" | tee "runs/$name.train.json"
+}
+full w128-s48-pre15 --episodes 2000 --pretrain-epochs 15   # 45 min: 17.5 of pre-training, 27.5 of episodes
+full w128-s48 --episodes 3000                              # 52 min
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-seed31-2000 runs/w128-s31-wg \
+  runs/w128-s48-pre15 --out "$OUT/ens5q" --overwrite
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/w128-s31-wg runs/w128-s48-pre15 \
+  --out "$OUT/ens4q" --overwrite
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-seed31-2000 runs/w128-s31-wg \
+  runs/w128-s48-pre15 runs/w128-s48 --out "$OUT/ens6" --overwrite
+for run in runs/w128-s48-pre15 runs/w128-s48 runs/conv4w128-seed31-2000 "$OUT/ens5" "$OUT/ens5q" "$OUT/ens4q" \
+  "$OUT/ens6"; do
+  metaedge evaluate "$run" --enroll-views 3 --way 20 --shot 1 --query 1 --episodes 1000 --within-group \
+    --disjoint-drawers --seed 0 --json
+  metaedge evaluate "$run" --enroll-views 3 --way 20 --shot 1 --query 1 --episodes 2000 --within-group \
+    --disjoint-drawers --seed 1 --json
+done
+metaedge export "$OUT/ens5q" --out "$OUT/bundle-ens5q" --target x86-cpu --enroll-views 3 --int8 --overwrite
+python scripts/paired_compare.py "$OUT/bundle-ens5q" metaedge/reference/bundle --within-group --disjoint-drawers
+python scripts/paired_compare.py "$OUT/bundle-ens5q" metaedge/reference/bundle --within-group --disjoint-drawers \
+  --seed 1 --episodes 2000

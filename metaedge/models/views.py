@@ -42,6 +42,8 @@ def check_views(count: int) -> int:
 class TestTimeViews(nn.Module):
     """The first `count` of VIEWS for images of `size` x `size`: (B, C, S, S) -> mean embedding (B, D)."""
 
+    __test__ = False  # its name starts with "Test"; pytest must not try to collect it from the tests importing it
+
     def __init__(self, count: int, size: int) -> None:
         super().__init__()
         self.count = check_views(count)
