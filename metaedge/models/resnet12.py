@@ -1,0 +1,57 @@
+"""ResNet-12: the deeper few-shot backbone of TADAM / MetaOptNet / Meta-Baseline (Oreshkin et al., 2018; Lee et
+al., 2019): four residual blocks of three 3x3 convolutions, each block ending in a 2x2 max-pool.
+
+Channels double from block to block from `width` (64 gives the common 64-128-256-512 variant; the 640-wide
+original of miniImageNet is far beyond an edge budget). At 28x28 the four pools leave a 1x1 map, at 84x84 5x5;
+global average pooling makes the embedding `8 * width` either way. DropBlock, which the original adds against
+overfitting on miniImageNet, is left out: training already warps every image (data/augment.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metaedge.models._registry import register_backbone
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+class ResidualBlock(nn.Module):
+    """(B, cin, H, W) -> (B, cout, H // 2, W // 2): three conv-BN (LeakyReLU between), plus a 1x1 conv-BN
+    shortcut, LeakyReLU, then a 2x2 max-pool."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn(cin, cout), nn.LeakyReLU(0.1),
+            *_conv_bn(cout, cout), nn.LeakyReLU(0.1),
+            *_conv_bn(cout, cout),
+        )  # fmt: skip
+        self.shortcut = nn.Sequential(*_conv_bn(cin, cout, kernel=1))  # channels change in every block
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+class ResNet12(nn.Module):
+    """Input (B, in_channels, H, W) -> embedding (B, 8 * width); H and W of at least 16 (four halvings)."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        channels = [in_channels, width, 2 * width, 4 * width, 8 * width]
+        self.embedding_dim = channels[-1]
+        self.features = nn.Sequential(*(ResidualBlock(a, b) for a, b in zip(channels, channels[1:])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+@register_backbone("resnet12")
+def resnet12(in_channels: int = 1, width: int = 64) -> ResNet12:
+    return ResNet12(in_channels=in_channels, width=width)
