@@ -123,3 +123,23 @@ metaedge export "$OUT/ens5q" --out "$OUT/bundle-ens5q" --target x86-cpu --enroll
 python scripts/paired_compare.py "$OUT/bundle-ens5q" metaedge/reference/bundle --within-group --disjoint-drawers
 python scripts/paired_compare.py "$OUT/bundle-ens5q" metaedge/reference/bundle --within-group --disjoint-drawers \
   --seed 1 --episodes 2000
+
+# Third session, last: ResNet-12 (runs/r12w16 is trained by scripts/reference_bundle.sh, 22 min), its cost
+# against Conv4-128, alone on seeds 0 and 1, and in the ensemble that now ships, against the one before it.
+python scripts/bench_backbones.py
+for seed_episodes in "0 1000" "1 2000"; do
+  set -- $seed_episodes
+  metaedge evaluate runs/r12w16 --way 20 --shot 1 --query 1 --within-group --disjoint-drawers --seed "$1" \
+    --episodes "$2" --json
+  metaedge evaluate runs/r12w16 --enroll-views 3 --way 20 --shot 1 --query 1 --within-group --disjoint-drawers \
+    --seed "$1" --episodes "$2" --json
+done
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-6000 runs/conv4w128-seed31-2000 \
+  runs/w128-s31-wg runs/r12w16 --out "$OUT/ens6r" --overwrite
+metaedge evaluate "$OUT/ens6r" --enroll-views 3 --way 20 --shot 1 --query 1 --within-group --disjoint-drawers \
+  --seed 1 --episodes 2000 --json
+metaedge export "$OUT/ens6r" --out "$OUT/bundle-ens6r" --target x86-cpu --enroll-views 3 --int8 --overwrite
+for seed in 1 2; do  # OLD: the five-member bundle of commit 0577722 (git show 0577722:metaedge/reference/bundle/...)
+  python scripts/paired_compare.py "$OUT/bundle-ens6r" "${OLD:?set OLD to the five-member bundle}" \
+    --within-group --disjoint-drawers --seed "$seed" --episodes 2000
+done
