@@ -13,6 +13,7 @@ from torch import nn
 
 from metaedge import distributed
 from metaedge.data import AffineAugment
+from metaedge.schedule import cosine_lr
 
 
 @dataclass
@@ -21,12 +22,6 @@ class PretrainStats:
     loss: float
     accuracy: float
     lr: float
-
-
-def pretrain_lr(base: float, step: int, steps: int) -> float:
-    """Cosine decay to 1% over the pre-training steps, as the episodic schedule decays over its episodes."""
-    progress = min(step / max(steps, 1), 1.0)
-    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def pretrain_classifier(
@@ -52,13 +47,8 @@ def pretrain_classifier(
     """
     device = images.device
     num_classes = int(labels.max()) + 1
-    with torch.no_grad():
-        was_training = backbone.training
-        backbone.eval()
-        dim = backbone(images[:2]).shape[1]
-        backbone.train(was_training)
     # Seeded apart from the backbone's initialisation, so adding pre-training leaves that initialisation as it was.
-    head = nn.Linear(dim, num_classes).to(device)
+    head = nn.Linear(backbone.embedding_dim, num_classes).to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 7919 + 1)
         head.reset_parameters()
@@ -75,9 +65,9 @@ def pretrain_classifier(
         for b in range(per_epoch):
             step = epoch * per_epoch + b
             for group in optimizer.param_groups:
-                group["lr"] = pretrain_lr(lr, step, epochs * per_epoch)
-            index = order[b * batch : (b + 1) * batch]
-            x, y = images[index.to(device)], labels[index.to(device)]
+                group["lr"] = cosine_lr(lr, step, epochs * per_epoch)  # over all pre-training steps
+            index = order[b * batch : (b + 1) * batch].to(device)
+            x, y = images[index], labels[index]
             if augment is not None:
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_777_777 + step)
                 x = augment(x, gen)  # warp the whole batch, then take this rank's share: same warps at any world

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from metaedge.data.strokes import StrokeIndex
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
 from metaedge.pretrain import PretrainStats, pretrain_classifier
+from metaedge.schedule import cosine_lr
 
 
 @dataclass
@@ -103,9 +103,8 @@ def pick_device(name: str) -> str:
 
 
 def lr_at(config: TrainConfig, episode: int) -> float:
-    """Cosine decay to 1% of the base rate: a pure function of the episode, so resuming needs no scheduler state."""
-    progress = min(episode / max(config.episodes, 1), 1.0)
-    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """The episodic rate: cosine decay to 1% over the run's episodes (metaedge/schedule.py)."""
+    return cosine_lr(config.lr, episode, config.episodes)
 
 
 def train(

@@ -75,3 +75,29 @@ def tiny_bundle(tiny_run_dir, tmp_path_factory) -> Path:
     from metaedge.exporter import export_checkpoint
 
     return export_checkpoint(tiny_run_dir, tmp_path_factory.mktemp("tiny") / "bundle", parity_episodes=20).bundle.path
+
+
+class Interrupted(Exception):
+    """Raised by `interrupt_after` to stop a training run the way a killed process would."""
+
+
+def interrupt_after(episode: int):
+    """An on_step callback that stops training once `episode` episodes are done (before the next one counts)."""
+
+    def on_step(stats) -> None:
+        if stats.episode == episode + 1:
+            raise Interrupted
+
+    return on_step
+
+
+def assert_same_last_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """The last checkpoints of two run directories hold the same weights, tensor by tensor."""
+    import torch
+
+    from metaedge import checkpoint as ckpt
+
+    wa = ckpt.load(a, which=ckpt.LAST).method.state_dict()
+    wb = ckpt.load(b, which=ckpt.LAST).method.state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)

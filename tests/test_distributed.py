@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def torchrun(command: list[str], env: dict) -> subprocess.CompletedProcess:
-    """Run a torchrun command; once more if a rank died of gloo's teardown abort and of nothing else.
+def torchrun(cli: list[str]) -> subprocess.CompletedProcess:
+    """`metaedge.train` with `cli` on 2 single-threaded CPU ranks under torchrun; once more if a rank died of
+    gloo's teardown abort and of nothing else.
 
     Twice in fresh-clone CI (fomaml both times, never in local runs) rank 1 died of SIGABRT with
     GLOO_TEARDOWN_ABORT, a C++ std::thread destroyed while joinable: most likely the gloo teardown race
@@ -28,6 +29,9 @@ def torchrun(command: list[str], env: dict) -> subprocess.CompletedProcess:
     teardown (metaedge/train.py) did not cure it. A retry, from scratch (--overwrite), keeps the test about the
     weights; any other failure, or the abort twice in a row, still fails it.
     """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "metaedge.train", *cli]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0 and GLOO_TEARDOWN_ABORT in done.stderr:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -51,10 +55,7 @@ def test_two_ranks_equal_one_process(omniglot_zips, tmp_path, algorithm):
     ]  # fmt: skip
     if algorithm != "protonet":
         cli += ["--inner-steps", "2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "metaedge.train", *cli]  # fmt: skip
-    done = torchrun(command, env)
+    done = torchrun(cli)
     assert done.returncode == 0, done.stderr[-3000:]
     one = ckpt.load(tmp_path / "one", which=ckpt.LAST).method
     two = ckpt.load(tmp_path / "two", which=ckpt.LAST).method
@@ -76,10 +77,7 @@ def test_two_ranks_pretrain_then_train(omniglot_zips, tmp_path):
         "--val-groups", "0", "--val-every", "2", "--meta-batch", "2", "--no-rotations", "--pretrain-epochs", "1",
         "--pretrain-batch", "512", "--seed", "3", "--json", "--overwrite",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "metaedge.train", *cli]  # fmt: skip
-    done = torchrun(command, env)
+    done = torchrun(cli)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"pretrain_epoch": 1' in rows[0] and '"episode": 2' in rows[1]

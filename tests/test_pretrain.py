@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import Interrupted, assert_same_last_weights, interrupt_after
 
 from metaedge import checkpoint as ckpt
 from metaedge.models import Conv4
-from metaedge.pretrain import pretrain_classifier, pretrain_lr
+from metaedge.pretrain import pretrain_classifier
+from metaedge.schedule import cosine_lr
 from metaedge.train import TrainConfig, train
 
 
@@ -40,8 +42,8 @@ def test_learns_to_classify_and_is_seeded():
 
 
 def test_learning_rate_decays_to_one_percent():
-    assert pretrain_lr(1e-3, 0, 10) == pytest.approx(1e-3)
-    assert pretrain_lr(1e-3, 10, 10) == pytest.approx(1e-5)
+    assert cosine_lr(1e-3, 0, 10) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 10, 10) == pytest.approx(1e-5)
 
 
 @pytest.mark.slow
@@ -61,22 +63,12 @@ def test_run_pretrains_logs_epochs_and_resumes_exactly(omniglot_zips, tmp_path):
     assert ckpt.read_meta(tmp_path / "full" / ckpt.LAST)["train_config"]["pretrain_epochs"] == 1
 
     # Interrupted after the first checkpoint: resuming does not pre-train again and ends where the full run did.
-    class Stop(Exception):
-        pass
-
-    def stop_after_3(stats):
-        if stats.episode == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(config(tmp_path / "half"), on_step=stop_after_3)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path / "half"), on_step=interrupt_after(3))
     again = []
     train(config(tmp_path / "half"), resume=True, on_pretrain=again.append)
     assert again == []
-    a = ckpt.load(tmp_path / "full", which=ckpt.LAST).method.state_dict()
-    b = ckpt.load(tmp_path / "half", which=ckpt.LAST).method.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "half")
 
 
 def test_refuses_a_negative_epoch_count(tmp_path):

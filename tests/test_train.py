@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from conftest import Interrupted, assert_same_last_weights, interrupt_after
 
 from metaedge import checkpoint as ckpt
 from metaedge.evaluate import evaluate_checkpoint
@@ -43,21 +43,11 @@ def test_resume_continues_exactly(omniglot_zips, tmp_path):
     half = tiny(omniglot_zips, tmp_path / "half", episodes=40, val_every=20, augment=True)
 
     # Stop after the first checkpoint, as an interrupted run would, then resume.
-    class Stop(Exception):
-        pass
-
-    def stop_after_20(stats):
-        if stats.episode == 21:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(half, on_step=stop_after_20)
+    with pytest.raises(Interrupted):
+        train(half, on_step=interrupt_after(20))
     assert ckpt.read_meta(tmp_path / "half" / ckpt.LAST)["episode"] == 20
     train(half, resume=True)
-    a = ckpt.load(tmp_path / "full", which=ckpt.LAST).method.state_dict()
-    b = ckpt.load(tmp_path / "half", which=ckpt.LAST).method.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "half")
 
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(omniglot_zips, tmp_path):
