@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,3 +102,19 @@ def test_the_command_line_refuses_to_overwrite_unless_asked(runs, tmp_path):
     assert (tmp_path / "ens" / ckpt.BEST).read_bytes() == before
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert ckpt.load(tmp_path / "ens").method.backbone.embedding_dim == 8 + 12
+
+
+def test_the_subset_search_scores_the_full_ensemble_as_evaluate_does(runs, tmp_path):
+    """scripts/ensemble_search.py re-does the prototype arithmetic on embedding columns: its score of the whole
+    ensemble must be what `metaedge evaluate` gives on the same seeded episodes, enrollment views included."""
+    path = combine([runs["small"], runs["large"]], tmp_path / "ens")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "ensemble_search.py"), str(path.parent), "--reference", "0,1",
+         "--min-members", "1", "--enroll-views", "2", "--way", "5", "--episodes", "30", "--seed", "1"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    ).stdout  # fmt: skip
+    expected = evaluate_checkpoint(path, enroll_views=2, way=5, shot=1, query=1, episodes=30, seed=1)
+    assert f"reference (0, 1): {100 * expected.accuracy:.2f}%" in out
+    rows = re.findall(r"^([0-9,]+) +[0-9.]+% ", out, flags=re.MULTILINE)
+    assert sorted(rows) == ["0", "0,1", "1"]
