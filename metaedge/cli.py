@@ -84,7 +84,13 @@ def train(
     val_within_group: Annotated[
         bool, typer.Option(help="Validate within one group, support and query by different drawers.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the episodes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the initialisation and the episodes, and of the split unless --split-seed.")
+    ] = 0,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the group split alone: runs of other --seed values hold out the same groups."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
@@ -104,7 +110,8 @@ def train(
         holdout_groups=holdout_groups, val_groups=val_groups, rotations=rotations, augment=augment, lr=lr,
         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
         strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,
-        val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, device=device,
+        val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, split_seed=split_seed,
+        device=device,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     try:

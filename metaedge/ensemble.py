@@ -102,7 +102,8 @@ def _check_compatible(members: list[ckpt.Checkpoint]) -> int:
         if set(m.meta["split"]["test"]) != set(first.meta["split"]["test"]):
             raise CheckpointError(
                 f"{m.path}: holds out {sorted(m.meta['split']['test'])}, {first.path} holds out "
-                f"{sorted(first.meta['split']['test'])}; members must share their test groups"
+                f"{sorted(first.meta['split']['test'])}; members must share their test groups (train them with one "
+                f"--split-seed)"
             )
         if _dataset_identity(m) != _dataset_identity(first):
             raise CheckpointError(f"{m.path}: trained on other data than {first.path}")

@@ -70,6 +70,7 @@ class TrainConfig:
     val_query: int = 5
     val_within_group: bool = False
     seed: int = 0
+    split_seed: int | None = None  # seed of the group split alone; None: `seed`
     device: str = "auto"
     preprocess: dict = field(default_factory=dict)
 
@@ -157,7 +158,10 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # mistyped option neither leaves an empty run behind nor lets --overwrite delete the run it would replace.
     spec = config.spec()
     dataset = open_dataset(config.data)
-    split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, config.seed)
+    # A separate split seed lets runs differ in initialisation and episodes yet hold out the same groups,
+    # which ensemble members must (metaedge/ensemble.py refuses members that saw each other's test groups).
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, split_seed)
     train_set, val_set, _ = apply_split(dataset, split)
     if config.rotations:
         train_set = train_set.with_rotations(flips=config.flips)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import Interrupted, assert_same_last_weights, interrupt_after
 
 from metaedge import checkpoint as ckpt
@@ -81,6 +82,20 @@ def test_within_group_episodes_train_and_are_recorded(omniglot_zips, tmp_path):
     assert ckpt.read_meta(tmp_path / "wg" / ckpt.LAST)["train_config"]["within_group"] == 1.0
     with pytest.raises(DataError, match="within-group episodes"):
         train(tiny(omniglot_zips, tmp_path / "bad", episodes=2, within_group=1.5))
+
+
+def test_a_split_seed_keeps_the_held_out_groups_of_another_seed(omniglot_zips, tmp_path):
+    """Ensemble members need one split but their own initialisation and episodes: --split-seed decouples them."""
+    config = dict(episodes=2, val_every=2, val_episodes=5, val_groups=0)
+    seeds = {"seed0": {}, "seed1": {"seed": 1}, "seed1-split0": {"seed": 1, "split_seed": 0}}
+    runs = {name: ckpt.load(train(tiny(omniglot_zips, tmp_path / name, **config, **kw)).run_dir)
+            for name, kw in seeds.items()}  # fmt: skip
+    split = {name: r.meta["split"]["test"] for name, r in runs.items()}
+    assert split["seed1"] != split["seed0"]  # the trap: a plain new seed holds out other groups
+    assert split["seed1-split0"] == split["seed0"]
+    weights0 = runs["seed0"].method.state_dict()
+    weights = runs["seed1-split0"].method.state_dict()
+    assert any(not torch.equal(weights0[k], weights[k]) for k in weights0)  # its own initialisation
 
 
 def test_learning_rate_schedule():
