@@ -143,3 +143,22 @@ for seed in 1 2; do  # OLD: the five-member bundle of commit 0577722 (git show 0
   python scripts/paired_compare.py "$OUT/bundle-ens6r" "${OLD:?set OLD to the five-member bundle}" \
     --within-group --disjoint-drawers --seed "$seed" --episodes 2000
 done
+
+# Fourth session: more ResNet-12 members (runs/r12w16-s52 and runs/r12w16-s59-wg are trained by
+# scripts/reference_bundle.sh; seed 74 here), all nine members combined once, every subset of them scored on
+# 2000 seed-1 episodes (scripts/ensemble_search.py: the choice), then the chosen one, exported, against the
+# bundle shipped before on the seed-0, seed-2 and seed-3 episodes that no choice looked at.
+# OLD: the six-member bundle of commit 6152412 (git show 6152412:metaedge/reference/bundle/...).
+metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
+  --out runs/r12w16-s74 --algorithm protonet --way 60 --shot 1 --query 5 --flips --elastic 0.05 --holdout-groups 2 \
+  --val-groups 0 --val-every 500 --backbone resnet12 --width 16 --image-size 28 --episodes 4000 --seed 74 \
+  --split-seed 0 --device "$DEVICE" --json | tee runs/r12w16-s74.train.json  # 22 min alone (30.5 here, shared)
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-6000 runs/conv4w128-seed31-2000 \
+  runs/w128-s31-wg runs/r12w16 runs/r12w16-s52 runs/r12w16-s59-wg runs/r12w16-s74 --out "$OUT/ens-all9" --overwrite
+python scripts/ensemble_search.py "$OUT/ens-all9" --reference 1,2,5,6,7 --min-members 1 --enroll-views 3 \
+  --within-group --disjoint-drawers --seed 1 --episodes 2000 --top 600
+for seed_episodes in "0 1000" "2 2000" "3 2000"; do
+  set -- $seed_episodes
+  python scripts/paired_compare.py metaedge/reference/bundle "${OLD:?set OLD to the six-member bundle}" \
+    --within-group --disjoint-drawers --seed "$1" --episodes "$2"
+done

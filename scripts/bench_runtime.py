@@ -2,14 +2,21 @@
 """End-to-end latency of the device runtime on this machine: enroll a class from 5 images (decode to commit)
 and classify one image (decode to answer), with the reference bundle and an on-disk gallery.
 
-    python scripts/bench_runtime.py [--bundle DIR] [--classes 40] [--queries 300] [--json PATH]
+    python scripts/bench_runtime.py [--bundle DIR] [--against OTHER_DIR] [--classes 40] [--queries 300]
+        [--json PATH]
 
 Targets (issue 4): enroll p50 < 20 ms, classify p50 < 1 ms. Prints measured percentiles and the ratio to target.
+--against times a second bundle in the same run, in turn with the first in blocks of BLOCK calls (each with a
+gallery of its own), and prints the ratio of their p50s: on a shared or virtual machine whose speed drifts by
+tens of percent from one minute to the next, two runs one after the other cannot be compared, interleaved
+blocks can. Blocks rather than single calls: alternating every call evicts each model's weights from the
+caches for the other, and measured both bundles 20-40% slower than either runs on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +28,8 @@ import numpy as np
 
 from metaedge.demo import SAMPLES
 from metaedge.runtime import Runtime
+
+BLOCK = 10  # calls to one bundle before the other takes its turn (--against)
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -37,6 +46,7 @@ def versus(measured: float, target: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None)
+    ap.add_argument("--against", default=None, help="a second bundle, timed in turn with the first")
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--json", default=None)
@@ -44,38 +54,54 @@ def main() -> None:
 
     chars = sorted(p for p in (SAMPLES / "Korean").iterdir() if p.is_dir())[: args.classes]
     images = {c.name: sorted(c.glob("*.png")) for c in chars}
-    enroll_ms, classify_ms = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        with Runtime(args.bundle, Path(tmp) / "gallery.db") as rt:
+    queries = [p for c in chars for p in images[c.name][5:]][: args.queries]
+    bundles = [args.bundle] if args.against is None else [args.bundle, args.against]
+    enroll_ms, classify_ms = [[] for _ in bundles], [[] for _ in bundles]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        runtimes = [stack.enter_context(Runtime(b, Path(tmp) / f"gallery{i}.db")) for i, b in enumerate(bundles)]
+        for rt in runtimes:
             rt.embed([images[chars[0].name][0]])  # session warm-up: first-inference cost is not steady state
-            for c in chars:
-                t = time.perf_counter()
-                rt.enroll(c.name, images[c.name][:5])
-                enroll_ms.append(1e3 * (time.perf_counter() - t))
-            queries = [p for c in chars for p in images[c.name][5:]][: args.queries]
-            rt.classify([queries[0]], threshold=None)
-            for q in queries:
-                t = time.perf_counter()
-                rt.classify([q])
-                classify_ms.append(1e3 * (time.perf_counter() - t))
-            model = rt.bundle.model_id
-    result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "model_id": model,
-        "enroll_5_images_ms": percentiles(enroll_ms),
-        "classify_1_image_ms": percentiles(classify_ms),
-        "gallery_classes": len(chars),
-    }
-    e, c = result["enroll_5_images_ms"], result["classify_1_image_ms"]
-    print(f"model {model}, gallery of {len(chars)} classes on disk (SQLite WAL, synchronous=FULL)")
-    print(f"enroll one class from 5 images, decode to commit: p50 {e['p50']:.2f} ms  p90 {e['p90']:.2f} ms  "
-          f"p99 {e['p99']:.2f} ms   target 20 ms: {versus(e['p50'], 20)}")  # fmt: skip
-    print(f"classify one image, decode to answer:            p50 {c['p50']:.3f} ms  p90 {c['p90']:.3f} ms  "
-          f"p99 {c['p99']:.3f} ms   target 1 ms: {versus(c['p50'], 1)}")  # fmt: skip
+        for start in range(0, len(chars), BLOCK):
+            for rt, times in zip(runtimes, enroll_ms, strict=True):
+                for c in chars[start : start + BLOCK]:
+                    t = time.perf_counter()
+                    rt.enroll(c.name, images[c.name][:5])
+                    times.append(1e3 * (time.perf_counter() - t))
+        for start in range(0, len(queries), BLOCK):
+            for rt, times in zip(runtimes, classify_ms, strict=True):
+                rt.classify([queries[0]], threshold=None)  # untimed: this model's weights back in the caches
+                for q in queries[start : start + BLOCK]:
+                    t = time.perf_counter()
+                    rt.classify([q])
+                    times.append(1e3 * (time.perf_counter() - t))
+        models = [rt.bundle.model_id for rt in runtimes]
+    results = [
+        {
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "model_id": model,
+            "enroll_5_images_ms": percentiles(e),
+            "classify_1_image_ms": percentiles(c),
+            "gallery_classes": len(chars),
+        }
+        for model, e, c in zip(models, enroll_ms, classify_ms, strict=True)
+    ]
+    for r in results:
+        e, c = r["enroll_5_images_ms"], r["classify_1_image_ms"]
+        print(f"model {r['model_id']}, gallery of {len(chars)} classes on disk (SQLite WAL, synchronous=FULL)")
+        print(f"enroll one class from 5 images, decode to commit: p50 {e['p50']:.2f} ms  p90 {e['p90']:.2f} ms  "
+              f"p99 {e['p99']:.2f} ms   target 20 ms: {versus(e['p50'], 20)}")  # fmt: skip
+        print(f"classify one image, decode to answer:            p50 {c['p50']:.3f} ms  p90 {c['p90']:.3f} ms  "
+              f"p99 {c['p99']:.3f} ms   target 1 ms: {versus(c['p50'], 1)}")  # fmt: skip
+    result = results[0]
+    if len(results) == 2:
+        ratio = {k: results[0][k]["p50"] / results[1][k]["p50"] for k in ("enroll_5_images_ms", "classify_1_image_ms")}
+        result = {**results[0], "against": results[1], "p50_ratio": ratio}
+        print(f"{models[0]} / {models[1]}, p50, interleaved blocks: enroll {ratio['enroll_5_images_ms']:.2f}x, "
+              f"classify {ratio['classify_1_image_ms']:.2f}x")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
