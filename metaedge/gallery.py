@@ -123,15 +123,17 @@ class Gallery:
         readonly: bool = False,
         timeout: float = 5.0,
     ) -> None:
-        """Open the gallery at `path` (None: a new in-memory one) for the model `model_id`, whose embeddings
-        have `embedding_dim` values. `timeout`: seconds to wait for another process's write lock."""
+        """Open the gallery at `path` (None or ":memory:": a new in-memory one) for the model `model_id`, whose
+        embeddings have `embedding_dim` values. `timeout`: seconds to wait for another process's write lock."""
         if not isinstance(model_id, str) or not model_id.strip():
             raise GalleryError(f"model_id must be a non-empty string, got {model_id!r}")
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
             raise GalleryError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
         if not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise GalleryError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        self._path = None if path is None else os.fsdecode(path)
+        # ":memory:" is SQLite's own name for an in-memory database; opened as a file URI it would become a
+        # file of that name in the working directory.
+        self._path = None if path is None or os.fsdecode(path) == ":memory:" else os.fsdecode(path)
         self._where = self._path if self._path is not None else ":memory:"
         self._model_id = model_id
         self._dim = int(embedding_dim)

@@ -53,7 +53,7 @@ class Runtime:
     """A bundle plus a gallery: `enroll` new classes from a few images, `classify` against all of them.
 
     bundle: an exported bundle directory (default: the reference bundle shipped with metaedge).
-    store: a gallery database path (default: an in-memory gallery that lives as long as the runtime).
+    store: a gallery database path (default, or ":memory:": an in-memory gallery that lives as long as the runtime).
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, store: str | os.PathLike | None = None,

@@ -115,6 +115,14 @@ def test_in_memory_gallery() -> None:
         gallery.labels()
 
 
+def test_sqlite_memory_name_is_an_in_memory_gallery(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Gallery(":memory:", MODEL, DIM) as gallery:
+        gallery.enroll("a", shots(1))
+        assert gallery.path is None and gallery.labels() == ["a"]
+    assert list(tmp_path.iterdir()) == []  # no file named ":memory:" in the working directory
+
+
 def test_float64_input_is_stored_as_float32() -> None:
     with Gallery(None, MODEL, DIM) as gallery:
         gallery.enroll("a", shots(1).astype(np.float64))
