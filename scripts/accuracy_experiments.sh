@@ -162,3 +162,13 @@ for seed_episodes in "0 1000" "2 2000" "3 2000"; do
   python scripts/paired_compare.py metaedge/reference/bundle "${OLD:?set OLD to the six-member bundle}" \
     --within-group --disjoint-drawers --seed "$1" --episodes "$2"
 done
+# After the choice: a fifth ResNet-12 (seed 76, half within one alphabet), and the search over all ten members.
+metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
+  --out runs/r12w16-s76-wg --algorithm protonet --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
+  --holdout-groups 2 --val-groups 0 --val-every 500 --backbone resnet12 --width 16 --image-size 28 --episodes 4000 \
+  --seed 76 --split-seed 0 --within-group 0.5 --device "$DEVICE" --json | tee runs/r12w16-s76-wg.train.json
+metaedge ensemble runs/conv4w128-final runs/w64d5-56-final runs/conv4w128-6000 runs/conv4w128-seed31-2000 \
+  runs/w128-s31-wg runs/r12w16 runs/r12w16-s52 runs/r12w16-s59-wg runs/r12w16-s74 runs/r12w16-s76-wg \
+  --out "$OUT/ens-all10" --overwrite
+python scripts/ensemble_search.py "$OUT/ens-all10" --reference 1,2,5,6,7 --min-members 1 --enroll-views 3 \
+  --within-group --disjoint-drawers --seed 1 --episodes 2000 --top 1100
