@@ -92,6 +92,19 @@ def evaluate(method: FewShotMethod, data: LoadedDataset, *, device: str = "cpu",
     return evaluate_embeddings(indices, lambda s, sl, q, w: classify(s[:, 0], sl, q[:, 0], w), data, **protocol)
 
 
+def eval_sampler(
+    data: LoadedDataset, way: int, shot: int, query: int, *, within_group: bool = False,
+    disjoint_drawers: bool = False, seed: int = 0,
+) -> EpisodeSampler:  # fmt: skip
+    """The seeded evaluation episodes of `data`, exactly as `metaedge evaluate` draws them (scripts that compare
+    models on the same episodes draw them here too)."""
+    return EpisodeSampler(
+        data.labels, data.class_groups, way, shot, query,
+        drawers=data.drawers, within_group=within_group, disjoint_drawers=disjoint_drawers,
+        seed=seed + EVAL_SEED_OFFSET,
+    )  # fmt: skip
+
+
 def evaluate_embeddings(
     embeddings: np.ndarray,
     classify: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
@@ -116,11 +129,8 @@ def evaluate_embeddings(
     """
     if episodes < 1:
         raise DataError("need at least one evaluation episode")
-    sampler = EpisodeSampler(
-        data.labels, data.class_groups, way, shot, query,
-        drawers=data.drawers, within_group=within_group, disjoint_drawers=disjoint_drawers,
-        seed=seed + EVAL_SEED_OFFSET,
-    )  # fmt: skip
+    sampler = eval_sampler(data, way, shot, query, within_group=within_group, disjoint_drawers=disjoint_drawers,
+                           seed=seed)  # fmt: skip
     support = embeddings if support_embeddings is None else support_embeddings
     accs = []
     for i, ep in enumerate(sampler.episodes(episodes)):

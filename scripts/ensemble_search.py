@@ -23,16 +23,13 @@ import itertools
 import numpy as np
 
 from metaedge import checkpoint as ckpt
-from metaedge.data import EpisodeSampler
-from metaedge.evaluate import EVAL_SEED_OFFSET, _held_out, embed_all, mean_ci95
+from metaedge.evaluate import _held_out, embed_all, eval_sampler, mean_ci95
 
 
 def episode_arrays(data, args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The seeded episodes as index arrays: support (E, way*shot), support labels, query (E, way*query), labels."""
-    sampler = EpisodeSampler(
-        data.labels, data.class_groups, args.way, args.shot, args.query, drawers=data.drawers,
-        within_group=args.within_group, disjoint_drawers=args.disjoint_drawers, seed=args.seed + EVAL_SEED_OFFSET,
-    )  # fmt: skip
+    sampler = eval_sampler(data, args.way, args.shot, args.query, within_group=args.within_group,
+                           disjoint_drawers=args.disjoint_drawers, seed=args.seed)  # fmt: skip
     eps = list(sampler.episodes(args.episodes))
     return tuple(np.stack([getattr(ep, k) for ep in eps]) for k in ("support", "support_labels", "query",
                                                                     "query_labels"))  # fmt: skip

@@ -17,8 +17,7 @@ import argparse
 import numpy as np
 
 from metaedge import bundle as bundle_io
-from metaedge.data import EpisodeSampler
-from metaedge.evaluate import EVAL_SEED_OFFSET, _held_out, bundle_embeddings, mean_ci95
+from metaedge.evaluate import _held_out, bundle_embeddings, eval_sampler, mean_ci95
 from metaedge.methods.protonet import prototype_logits
 
 
@@ -42,10 +41,8 @@ def main() -> None:
         data = [dataset.load(b.preprocess) for b in bundles]
     else:
         data = [dataset.load(bundles[0].preprocess)] * 2
-    sampler = EpisodeSampler(
-        data[0].labels, data[0].class_groups, args.way, args.shot, args.query, drawers=data[0].drawers,
-        within_group=args.within_group, disjoint_drawers=args.disjoint_drawers, seed=args.seed + EVAL_SEED_OFFSET,
-    )  # fmt: skip
+    sampler = eval_sampler(data[0], args.way, args.shot, args.query, within_group=args.within_group,
+                           disjoint_drawers=args.disjoint_drawers, seed=args.seed)  # fmt: skip
     per_model = []
     for b, d in zip(bundles, data):
         queries, support = bundle_embeddings(b, d.pixels)
