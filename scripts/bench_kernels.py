@@ -31,8 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from metaedge import kernels  # noqa: E402
+from metaedge import kernels
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3, sync: Callable[[], None] | None = None):
@@ -282,7 +281,8 @@ def main() -> None:
     print(f"before the run: other processes busy {busy_text} (over 0.5 s), load average {load:.2f} on {cores} cores"
           + ("  -> they compete: expect noisy figures" if busy is not None and busy > 0.25 else ""))  # fmt: skip
     if not kernels.native_available():
-        sys.exit("metaedge._C is not built: build it first (README: Native kernels)")
+        sys.exit(f"metaedge at {Path(kernels.__file__).parent} has no compiled kernels (metaedge._C): install it with "
+                 "`pip install .` (or `pip install -e .` in a checkout, CONTRIBUTING.md)")
 
     practical, practical_how = practical_peak_gflops(2048, 2 if args.quick else 4)
     peak = {

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from metaedge import _reference, kernels
 from metaedge.errors import KernelInputError, MetaedgeError
 
-NATIVE = kernels.native_available()
-needs_native = pytest.mark.skipif(not NATIVE, reason="metaedge._C is not built")
-BACKENDS = [pytest.param("native", marks=needs_native), "reference"]
+# Both backends run everywhere: tests/conftest.py refuses a metaedge without its native kernels.
+BACKENDS = ["native", "reference"]
 requires_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no CUDA build of metaedge._C or no GPU")
 
 # Not multiples of any SIMD width (1, 3, 7, 65, 130) next to one that is (64): the vector loops' tails.
@@ -74,7 +73,6 @@ def test_zero_vectors_give_zeros_not_nan(backend):
 # ---- native against the reference, and against torch ---------------------------------------------------------
 
 
-@needs_native
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("n,c", [(5, 5), (23, 4), (200, 17)])
@@ -89,7 +87,6 @@ def test_prototypes_native_matches_reference(n, c, d, normalize):
     np.testing.assert_allclose(native, reference, rtol=1e-6, atol=1e-7)
 
 
-@needs_native
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("metric,scale", [("sqeuclidean", 0.5), ("cosine", 12.5)])
 @pytest.mark.parametrize("m,c", [(1, 1), (9, 5), (75, 20)])
@@ -123,7 +120,6 @@ def test_matches_torch(backend):
     np.testing.assert_allclose(got_cos, expected_cos.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@needs_native
 def test_large_inputs_take_the_parallel_path_and_agree_with_the_serial_one():
     # Well above the kernels' OpenMP threshold of 2^18 element operations; the slices below are far under it,
     # so they run on one thread. Same summation order either way: the results must be bit-identical.
@@ -203,7 +199,7 @@ def test_device_inputs_fall_back_to_the_host_without_cuda_kernels(monkeypatch):
     emb, labels = episode(9, 40, 4, 7)
     protos = kernels.prototypes(torch.from_numpy(emb).double(), labels.astype(np.int32), 4)
     assert isinstance(protos, torch.Tensor) and protos.dtype == torch.float32
-    assert kernels.last_backend() == ("native-cpu" if NATIVE else "reference")
+    assert kernels.last_backend() == "native-cpu"
     np.testing.assert_allclose(protos.numpy(), _reference.prototypes(emb, labels, 4), rtol=1e-6, atol=1e-7)
     out = kernels.logits(torch.from_numpy(emb), protos.numpy(), "sqeuclidean", 2.0, backend="reference")
     assert isinstance(out, torch.Tensor) and kernels.last_backend() == "reference"
@@ -216,7 +212,6 @@ def test_device_inputs_fall_back_to_the_host_without_cuda_kernels(monkeypatch):
         kernels.logits(torch.from_numpy(emb), protos, backend="native")
 
 
-@needs_native
 def test_auto_uses_the_native_module_when_built():
     emb, labels = episode(6, 12, 3, 4)
     kernels.logits(emb, kernels.prototypes(emb, labels, 3))
@@ -267,7 +262,6 @@ def test_bad_inputs_raise_kernel_input_error(backend, case):
         kernel(*args, backend=backend)
 
 
-@needs_native
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_native_and_reference_reject_with_the_same_words(case):
     kernel, args, _ = BAD_INPUTS[case]
@@ -284,7 +278,6 @@ def test_unknown_backend_is_rejected():
         kernels.prototypes(E, L, 3, backend="gpu")
 
 
-@needs_native
 def test_extension_checks_its_own_arguments():
     """Called directly, past every Python check, the C++ still refuses what it cannot compute safely."""
     from metaedge import _C
