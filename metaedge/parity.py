@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from metaedge.data import EpisodeSampler, LoadedDataset
+from metaedge.errors import MetaedgeError
 from metaedge.evaluate import embed_all
 from metaedge.methods import FewShotMethod
 
@@ -17,6 +18,10 @@ TOLERANCES = {
     "fp16": {"max_abs_diff": None, "min_cosine": 0.999, "min_agreement": 0.98},
     "int8": {"max_abs_diff": None, "min_cosine": 0.98, "min_agreement": 0.95},
 }
+
+
+class ParityError(MetaedgeError):
+    """The exported graph's output cannot be compared with PyTorch's at all (another shape)."""
 
 
 @dataclass
@@ -56,11 +61,17 @@ def check_parity(
     """Compare `candidate`, float32 (num_images, D) embeddings of `data` from the exported backbone, with PyTorch.
 
     support: the candidate is the enrollment graph, so PyTorch embeds through the enroll views too.
+    Raises ParityError where the candidate's shape is not PyTorch's; every other difference is a failed report.
     """
     reference = embed_all(method, data, support=support)
-    diff = float(np.abs(reference - candidate).max())
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())
+    if candidate.shape != reference.shape:  # no tolerance or --force can make such a graph usable
+        raise ParityError(f"{backend}: the exported graph gives embeddings of shape {candidate.shape}, "
+                          f"PyTorch {reference.shape}")  # fmt: skip
+    finite = np.isfinite(candidate).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below, not warned about
+        diff = float(np.abs(reference - candidate).max())
+        norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+        cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())
     way = min(way, data.num_classes)
     sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
     agree = []
@@ -71,11 +82,14 @@ def check_parity(
     agreement = float(np.mean(agree))
     tol = TOLERANCES[precision]
     failures = []
-    if tol["max_abs_diff"] is not None and diff > tol["max_abs_diff"]:
+    if not finite.all():
+        failures.append(f"{int((~finite).sum())} of {len(finite)} embeddings not finite (NaN or inf)")
+    # Written `not value >= bound`: a NaN compares false either way, and must fail a criterion, never pass it.
+    if tol["max_abs_diff"] is not None and not diff <= tol["max_abs_diff"]:
         failures.append(f"max abs difference {diff:.3g} > {tol['max_abs_diff']:.3g}")
-    if cosine < tol["min_cosine"]:
+    if not cosine >= tol["min_cosine"]:
         failures.append(f"min cosine similarity {cosine:.6f} < {tol['min_cosine']}")
-    if agreement < tol["min_agreement"]:
+    if not agreement >= tol["min_agreement"]:
         failures.append(f"few-shot prediction agreement {agreement:.4f} < {tol['min_agreement']}")
     return ParityReport(
         backend=backend, precision=precision, images=len(data.pixels), max_abs_diff=diff, min_cosine=cosine,
