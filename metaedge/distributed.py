@@ -26,12 +26,17 @@ class Ranks:
         return self.world > 1
 
 
+def world_size() -> int:
+    """How many ranks torchrun launched (its WORLD_SIZE), 1 in a plain run; joins nothing."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str) -> tuple[Ranks, str]:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPUs).
 
     Returns the ranks and the device this rank trains on (cuda:LOCAL_RANK under NCCL).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Ranks(), device
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

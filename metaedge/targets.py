@@ -90,6 +90,30 @@ def list_targets() -> dict[str, TargetProfile]:
     return profiles
 
 
+def targets_table(profiles: dict[str, TargetProfile]):
+    """The profiles as a rich Table for `metaedge export --list-targets`: the name, then the board's description
+    over its settings (precision, max batch, CUDA architectures, execution providers).
+
+    The name is what a user copies into --target, so its column never wraps, shrinks or elides (six columns
+    side by side cut it to `jetson-ori…` on an 80-column terminal or a pipe); everything else shares one
+    column that wraps at spaces, folding rather than eliding a word too long for it.
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    longest = max((len(name) for name in profiles), default=0)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", leading=1)
+    table.add_column("target", no_wrap=True, min_width=longest)
+    table.add_column("board and settings", overflow="fold", ratio=1)
+    for name, p in profiles.items():
+        providers = ", ".join(x.removesuffix("ExecutionProvider") for x in p.onnxruntime_providers)
+        arch = ", ".join(p.cuda_architectures) or "none"
+        settings = f"{p.precision}, max batch {p.max_batch}, CUDA arch {arch}, providers {providers}"
+        table.add_row(name, Text.assemble(p.description, "\n", (settings, "dim")))
+    return table
+
+
 def get_target(name: str) -> TargetProfile:
     profiles = list_targets()
     if name not in profiles:

@@ -85,3 +85,39 @@ def test_two_ranks_pretrain_then_train(omniglot_zips, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"pretrain_epoch": 1' in rows[0] and '"episode": 2' in rows[1]
+
+
+def test_meta_batch_defaults_to_one_task_per_rank():
+    from metaedge.errors import DataError
+    from metaedge.train import for_ranks
+
+    config = TrainConfig(data=[], out="unused")
+    assert config.meta_batch is None
+    assert for_ranks(config, 1).meta_batch == 1 and for_ranks(config, 4).meta_batch == 4
+    assert for_ranks(TrainConfig(data=[], out="unused", meta_batch=8), 4).meta_batch == 8
+    with pytest.raises(DataError, match="--meta-batch 1 is smaller than the 2 ranks sharing it: pass --meta-batch 2"):
+        for_ranks(TrainConfig(data=[], out="unused", meta_batch=1), 2)
+    with pytest.raises(DataError, match="pass --pretrain-batch 4 or more"):
+        for_ranks(TrainConfig(data=[], out="unused", pretrain_epochs=1, pretrain_batch=2), 4)
+
+
+def test_torchrun_with_the_default_meta_batch(omniglot_zips, tmp_path):
+    # No --meta-batch under torchrun: one task per rank, and the log says so (it used to stop, after a bar).
+    cli = [arg for p in omniglot_zips for arg in ("--data", str(p))] + [
+        "--out", str(tmp_path / "two"), "--way", "5", "--query", "3", "--episodes", "2", "--width", "8",
+        "--val-groups", "0", "--val-every", "2", "--no-rotations", "--seed", "3", "--json",
+    ]  # fmt: skip
+    done = torchrun(cli)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("meta-batch 2 over 2 ranks (one task per rank; --meta-batch sets it)") == 1
+    assert ckpt.read_meta(tmp_path / "two" / ckpt.LAST)["train_config"]["meta_batch"] == 2
+
+
+def test_torchrun_settings_error_comes_first_and_once(tmp_path):
+    # Too small a meta-batch is refused before anything else (the data is not even looked at), by rank 0 alone,
+    # naming what to pass, with no progress bar.
+    cli = ["--data", str(tmp_path / "absent.zip"), "--out", str(tmp_path / "two"), "--meta-batch", "1"]
+    done = torchrun(cli)
+    assert done.returncode != 0
+    assert done.stderr.count("--meta-batch 1 is smaller than the 2 ranks sharing it: pass --meta-batch 2 or more") == 1
+    assert "absent.zip" not in done.stderr and "ep/s" not in done.stderr and not (tmp_path / "two").exists()

@@ -38,3 +38,23 @@ def test_invalid_profiles_are_refused(change, message):
     del missing["threads"]
     with pytest.raises(TargetError, match="missing keys \\['threads'\\]"):
         TargetProfile.from_dict(missing)
+
+
+@pytest.mark.parametrize("width, terminal", [(80, True), (80, False), (60, True), (120, True)])
+def test_table_never_cuts_a_target_name(width, terminal):
+    import io
+
+    from rich.console import Console
+
+    from metaedge.targets import targets_table
+
+    profiles = list_targets()
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=terminal, color_system=None).print(targets_table(profiles))
+    lines = out.getvalue().splitlines()
+    assert "…" not in out.getvalue()
+    assert max(len(line) for line in lines) <= width
+    words = " ".join(lines).split()
+    for name, p in profiles.items():
+        assert sum(line.split()[:1] == [name] for line in lines) == 1, name  # whole, at the start of its row
+        assert " ".join(p.description.split()) in " ".join(words)  # the description wraps, all of it there

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 PIPE_WIDTH = 200  # written to a file or a pipe, the table keeps every column whole instead of eliding digits
@@ -56,6 +57,12 @@ def _print_table(table: Table, console: Console) -> None:
     if not console.is_terminal and console.width < PIPE_WIDTH:
         # Console.print caps `width` at the console's own; a wider console on the same file does not.
         console = Console(file=console.file, width=PIPE_WIDTH, color_system=None, highlight=False)
+    needed = Measurement.get(console, console.options.update_width(PIPE_WIDTH), table).maximum
+    if console.width < needed:
+        # Narrower than the table: rich would cut every figure to "0…" to fit; whole figures on
+        # lines the terminal wraps are worth more (a wider window, or `less -S`, shows the table as it is).
+        console = Console(file=console.file, width=needed, force_terminal=console.is_terminal,
+                          color_system=console.color_system, highlight=False)  # fmt: skip
     console.print(table)
 
 
