@@ -24,6 +24,7 @@ FORMAT = "metaedge-gallery"
 EXPORT_FORMAT = "metaedge-gallery-export"
 SCHEMA_VERSION = 1
 MAX_LABEL = 200
+SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reads back for FULL (0 OFF, 1 NORMAL, 3 EXTRA)
 _LISTED = 20  # labels named in a "no class named" message before it says "... N more"
 
 _SCHEMA = """
@@ -189,7 +190,12 @@ class Gallery:
             db.execute("PRAGMA foreign_keys = ON")
             # FULL: a commit is on the medium before enroll returns, so a power cut cannot take back an enrollment.
             db.execute("PRAGMA synchronous = FULL")
+            # Read back: SQLite takes a word it does not know for NORMAL, silently (tests/test_power_loss.py
+            # shows NORMAL losing acknowledged enrollments to a power cut).
+            (level,) = db.execute("PRAGMA synchronous").fetchone()
             tables = self._tables()
+        if level != SYNCHRONOUS_FULL:
+            raise GalleryError(f"{self._where}: SQLite runs it with synchronous level {level}, not FULL; refusing it")
         if not tables:
             if self._readonly or not create:
                 raise GalleryError(f"{self._where} is an empty SQLite database, not a metaedge gallery")
@@ -201,7 +207,17 @@ class Gallery:
             with self._mapped("open it"):
                 # Only after the checks: switching a foreign file to WAL would rewrite its header.
                 if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    db.execute("PRAGMA journal_mode = WAL")
+                    self._use_wal()
+
+    def _use_wal(self) -> None:
+        """Put the file in WAL mode, or GalleryError: where the file system cannot give SQLite the shared memory
+        WAL needs, SQLite keeps the old journal mode without a word, and readers would then block the writer."""
+        (mode,) = self._require().execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode.lower() != "wal":
+            raise GalleryError(
+                f"{self._where}: SQLite could not put it in WAL mode (it stays in {mode!r} mode); "
+                "keep the gallery on a local file system"
+            )
 
     def _tables(self) -> set[str]:
         rows = self._require().execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -212,7 +228,7 @@ class Gallery:
         with self._mapped("create it"):
             if self._path is not None:
                 # Must precede the first transaction: journal_mode cannot change inside one.
-                db.execute("PRAGMA journal_mode = WAL")
+                self._use_wal()
         with self._transaction("create it"):
             if self._tables():  # another process created it between our look and our lock
                 return
@@ -442,6 +458,7 @@ class Gallery:
             row = db.execute("SELECT id, created FROM classes WHERE label = ?", (label,)).fetchone()
             if row is None:
                 self._insert_class(db, label, vectors, rows, now, now)
+                self._store_thumbnails(db, len(vectors))
                 return ClassRecord(label, len(vectors), now, now)
             class_id, created = row
             if replace:
@@ -457,6 +474,7 @@ class Gallery:
                 "UPDATE classes SET prototype = ?, updated = ? WHERE id = ?",
                 (_blob(self._prototype(everything)), now, class_id),
             )
+            self._store_thumbnails(db, len(vectors))
             return ClassRecord(label, len(everything), created, now)
 
     def remove(self, label: str) -> None:
@@ -517,6 +535,63 @@ class Gallery:
         label = _lookup(label)
         with self._transaction(f"read {label!r}", write=False) as db:
             return self._stored_vectors(db, self._class_id(db, label), label)
+
+    # -- thumbnails: small previews of enrolled images, kept only when asked (metaedge serve --keep-thumbnails) ----
+
+    _pending_thumbnails: list[bytes] | None = None
+
+    @contextmanager
+    def attach_thumbnails(self, thumbnails: Sequence[bytes]) -> Iterator[None]:
+        """The enroll made inside this block also stores `thumbnails` (encoded images, one per embedding) in its
+        own transaction, so a thumbnail exists exactly when its embedding does; they go when it goes."""
+        if isinstance(thumbnails, (bytes, str)) or not all(isinstance(t, bytes) for t in thumbnails):
+            raise GalleryError("thumbnails must be a sequence of encoded images (bytes), one per embedding")
+        self._pending_thumbnails = list(thumbnails)
+        try:
+            yield
+        finally:
+            self._pending_thumbnails = None
+
+    def _store_thumbnails(self, db: sqlite3.Connection, rows: int) -> None:
+        thumbnails, self._pending_thumbnails = self._pending_thumbnails, None
+        if thumbnails is None:
+            return
+        if len(thumbnails) != rows:
+            raise GalleryError(f"got {len(thumbnails)} thumbnails for {rows} embeddings; give one per embedding")
+        # Made on first use: a gallery that never kept a thumbnail keeps the schema every metaedge reads.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS thumbnails (embedding_id INTEGER PRIMARY KEY "
+            "REFERENCES embeddings(id) ON DELETE CASCADE, image BLOB NOT NULL)"
+        )
+        # This transaction holds the write lock, so the newest rows are the ones just inserted.
+        ids = [i for (i,) in db.execute("SELECT id FROM embeddings ORDER BY id DESC LIMIT ?", (rows,))][::-1]
+        db.executemany("INSERT INTO thumbnails (embedding_id, image) VALUES (?, ?)", zip(ids, thumbnails))
+
+    def thumbnail_ids(self) -> dict[str, list[int]]:
+        """label -> ids of its kept thumbnails in enrollment order (classes without any are left out)."""
+        with self._mapped("read it"):
+            if "thumbnails" not in self._tables():
+                return {}
+            rows = self._require().execute(
+                "SELECT c.label, t.embedding_id FROM thumbnails t JOIN embeddings e ON e.id = t.embedding_id "
+                "JOIN classes c ON c.id = e.class_id ORDER BY t.embedding_id"
+            ).fetchall()
+        found: dict[str, list[int]] = {}
+        for label, thumbnail_id in rows:
+            found.setdefault(label, []).append(thumbnail_id)
+        return found
+
+    def thumbnail(self, thumbnail_id: int) -> bytes:
+        """The encoded image of one thumbnail, by an id from thumbnail_ids()."""
+        with self._mapped("read it"):
+            row = None
+            if "thumbnails" in self._tables():
+                row = self._require().execute(
+                    "SELECT image FROM thumbnails WHERE embedding_id = ?", (int(thumbnail_id),)
+                ).fetchone()
+        if row is None:
+            raise GalleryError(f"no thumbnail {thumbnail_id} in {self._where}")
+        return row[0]
 
     def export_json(self, path: str | os.PathLike) -> int:
         """Write every class to a JSON file (no pickle, safe to share) and return how many classes it holds.

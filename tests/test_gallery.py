@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from metaedge.errors import MetaedgeError
-from metaedge.gallery import ClassRecord, Gallery, GalleryError
+from metaedge.gallery import SYNCHRONOUS_FULL, ClassRecord, Gallery, GalleryError
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, DIM = "conv4-test", 8
@@ -76,6 +78,7 @@ def test_append_then_replace(store: Path) -> None:
         first = gallery.records()[0]
         appended = gallery.enroll("a", shots(3, k=2))
         assert appended.count == 5 and appended.created == first.created and appended.updated >= first.updated
+        assert appended.label == "a"
         both = np.concatenate([shots(1), shots(3, k=2)])
         assert np.array_equal(gallery.embeddings("a"), both)
         np.testing.assert_allclose(gallery.prototypes()[1][0], both.mean(axis=0), atol=1e-6)
@@ -141,6 +144,85 @@ def test_blobs_are_little_endian_float32(store: Path) -> None:
     assert meta["format"] == "metaedge-gallery" and meta["schema_version"] == "1"
     assert meta["model_id"] == MODEL and meta["embedding_dim"] == str(DIM)
     assert mode == "wal"
+
+
+# -- durability settings: what the README promises, on every connection ------------------------------------
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """Every SQLite connection opened (through the sqlite3 module) while the test runs."""
+    opened: list[sqlite3.Connection] = []
+    real = sqlite3.connect
+
+    def recording(*args, **kwargs) -> sqlite3.Connection:
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    return opened
+
+
+def pragmas(db: sqlite3.Connection) -> dict:
+    names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+    return {name: db.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+
+
+OPENINGS = {
+    "new file": lambda store: Gallery(store.parent / "new.db", MODEL, DIM),
+    "existing file": lambda store: Gallery(store, MODEL, DIM),
+    "create=False": lambda store: Gallery(store, MODEL, DIM, create=False),
+    "read-only": lambda store: Gallery(store, MODEL, DIM, readonly=True),
+    "own timeout": lambda store: Gallery(store, MODEL, DIM, timeout=0.25),
+    "in memory": lambda store: Gallery(None, MODEL, DIM),
+}
+
+
+@pytest.mark.parametrize("open_gallery", OPENINGS.values(), ids=OPENINGS.keys())
+def test_every_connection_has_the_promised_settings(store: Path, connections: list, open_gallery) -> None:
+    """WAL and synchronous=FULL (README), foreign keys (ON DELETE CASCADE), the lock timeout: read back from SQLite."""
+    with open_gallery(store) as gallery:
+        gallery.labels()
+        assert connections, "the gallery opened no connection through sqlite3.connect"
+        for db in connections:
+            assert pragmas(db) == {
+                "journal_mode": "memory" if gallery.path is None else "wal",
+                "synchronous": SYNCHRONOUS_FULL,  # 2; NORMAL (1) or OFF (0) lose enrollments to a power cut
+                "foreign_keys": 1,
+                "busy_timeout": int(gallery._timeout * 1000),
+            }
+
+
+def test_readers_beside_a_writer_have_the_promised_settings(store: Path, connections: list) -> None:
+    with Gallery(store, MODEL, DIM) as writer, Gallery(store, MODEL, DIM, readonly=True) as reader:
+        writer.enroll("c", shots(3))
+        assert reader.labels() == ["a", "b", "c"] and len(connections) == 2
+        for db in connections:
+            assert pragmas(db)["journal_mode"] == "wal" and pragmas(db)["synchronous"] == SYNCHRONOUS_FULL
+
+
+def test_a_rollback_journal_gallery_is_switched_to_wal(store: Path) -> None:
+    with sqlite3.connect(store) as db:
+        db.execute("PRAGMA journal_mode = DELETE")  # e.g. after a tool that knows nothing of WAL rewrote it
+    with Gallery(store, MODEL, DIM, readonly=True):  # a reader changes nothing
+        pass
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    with Gallery(store, MODEL, DIM) as gallery:
+        assert gallery.labels() == ["a", "b"]
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_only_the_gallery_opens_sqlite() -> None:
+    """Every connection metaedge opens goes through Gallery, so none can miss the settings above."""
+    package = REPO / "metaedge"
+    openers = [
+        str(path.relative_to(REPO))
+        for path in sorted(package.rglob("*.py"))
+        if "sqlite3.connect(" in path.read_text(encoding="utf-8") and path.name != "gallery.py"
+    ]
+    assert openers == [], f"open galleries through metaedge.gallery.Gallery, not sqlite3.connect: {openers}"
 
 
 # -- refusals that leave everything as it was -----------------------------------------------------------------
@@ -242,6 +324,46 @@ def test_foreign_sqlite_database_refused(tmp_path: Path) -> None:
         Gallery(path, MODEL, DIM)
 
 
+@pytest.mark.parametrize(
+    "model_id, dim, timeout, message",
+    [
+        ("", DIM, 5.0, "model_id must be a non-empty string, got ''"),
+        ("  ", DIM, 5.0, "model_id must be a non-empty string, got '  '"),
+        (7, DIM, 5.0, "model_id must be a non-empty string, got 7"),
+        (MODEL, 0, 5.0, "embedding_dim must be a positive integer, got 0"),
+        (MODEL, True, 5.0, "embedding_dim must be a positive integer, got True"),
+        (MODEL, 8.0, 5.0, "embedding_dim must be a positive integer, got 8.0"),
+        (MODEL, DIM, -0.5, "timeout must be a number of seconds >= 0, got -0.5"),
+        (MODEL, DIM, "5", "timeout must be a number of seconds >= 0, got '5'"),
+        (MODEL, DIM, float("nan"), "timeout must be a number of seconds >= 0, got nan"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_is_opened(tmp_path: Path, model_id, dim, timeout, message) -> None:
+    with pytest.raises(GalleryError) as caught:
+        Gallery(tmp_path / "g.db", model_id, dim, timeout=timeout)
+    assert str(caught.value) == message and not (tmp_path / "g.db").exists()
+
+
+def test_zero_timeout_is_allowed(store: Path) -> None:
+    with Gallery(store, MODEL, DIM, timeout=0) as gallery:
+        assert gallery._require().execute("PRAGMA busy_timeout").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("options", [{"readonly": True}, {"create": False}])
+def test_empty_database_is_not_made_a_gallery_unless_asked(tmp_path: Path, options: dict) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()  # a SQLite file with no tables (zero bytes)
+    with pytest.raises(GalleryError) as caught:
+        Gallery(path, MODEL, DIM, **options)
+    assert str(caught.value) == f"{path} is an empty SQLite database, not a metaedge gallery"
+    assert path.read_bytes() == b""
+
+
+def test_in_memory_gallery_cannot_be_read_only() -> None:
+    with pytest.raises(GalleryError, match="^an in-memory gallery cannot be read-only: it starts empty$"):
+        Gallery(None, MODEL, DIM, readonly=True)
+
+
 def test_missing_file_with_create_false(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.db"
     with pytest.raises(GalleryError, match=f"no gallery at {path}"):
@@ -253,8 +375,65 @@ def test_missing_file_with_create_false(tmp_path: Path) -> None:
         Gallery(tmp_path / "no-such-dir" / "g.db", MODEL, DIM)
 
 
+# Run as a user who cannot write the gallery or its directory. Everything is imported first: once it is
+# `nobody`, the interpreter may no longer read its own installation (pyenv's lives under /root).
+READ_ONLY_USER = """
+import json, os, sys
+import numpy as np
+from metaedge.gallery import Gallery, GalleryError
+
+store, model, dim, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), np.array(json.loads(sys.argv[4]), "f4")
+Gallery(None, model, dim).close()  # whatever the gallery's code imports on first use is loaded now
+if os.geteuid() == 0:
+    try:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)  # nobody
+    except OSError as e:
+        print(json.dumps({"skip": f"root cannot drop privileges here: {e}"}))
+        sys.exit(0)
+report = {"uid": os.geteuid(), "can_write": os.access(store, os.W_OK) or os.access(os.path.dirname(store), os.W_OK)}
+with Gallery(store, model, dim, readonly=True) as gallery:
+    report["labels"] = gallery.labels()
+    report["embeddings_match"] = bool(np.array_equal(gallery.embeddings("a"), expected))
+    report["pragmas"] = {
+        name: gallery._require().execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "foreign_keys")
+    }
+try:
+    with Gallery(store, model, dim) as gallery:
+        gallery.enroll("c", expected)
+    report["write_error"] = None
+except GalleryError as e:
+    report["write_error"] = str(e)
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture
+def unwritable_store(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The store in a directory the test user, or `nobody` when the suite runs as root, cannot write."""
+    if os.geteuid() != 0:
+        store.chmod(0o444)
+        store.parent.chmod(0o555)
+        try:
+            yield store
+        finally:
+            store.parent.chmod(0o755)
+            store.chmod(0o644)
+        return
+    # pytest's base temporary directory is root's alone (0700): `nobody` could not even reach the file there.
+    directory = Path(tempfile.mkdtemp(prefix="metaedge-readonly-"))
+    try:
+        directory.chmod(0o755)  # owned by root: `nobody` may read and list it, never write it
+        shutil.copy2(store, directory / store.name)
+        (directory / store.name).chmod(0o644)
+        yield directory / store.name
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_readonly(store: Path) -> None:
-    directory = store.parent
     with Gallery(store, MODEL, DIM, readonly=True) as gallery:
         before = content(gallery)
         assert gallery.labels() == ["a", "b"]
@@ -267,22 +446,28 @@ def test_readonly(store: Path) -> None:
             with pytest.raises(GalleryError, match="read-only"):
                 call()
         assert content(gallery) == before
-    if os.geteuid() == 0:
-        return  # root ignores file permissions: the chmod part below cannot fail for root
-    digest = sha256(store)
-    store.chmod(0o444)
-    directory.chmod(0o555)
-    try:
-        with Gallery(store, MODEL, DIM, readonly=True) as gallery:
-            assert gallery.labels() == ["a", "b"]
-            assert np.array_equal(gallery.embeddings("a"), shots(1))
-        with pytest.raises(GalleryError, match="read-only"):
-            with Gallery(store, MODEL, DIM) as gallery:
-                gallery.enroll("c", shots(3))
-    finally:
-        directory.chmod(0o755)
-        store.chmod(0o644)
-    assert sha256(store) == digest
+
+
+def test_unwritable_file_and_directory(unwritable_store: Path) -> None:
+    """Read-only media: a file and directory the user cannot write (as root, the check runs as `nobody`)."""
+    digest = sha256(unwritable_store)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = [str(unwritable_store), MODEL, str(DIM), json.dumps(shots(1).tolist())]
+    run = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_USER, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert report["uid"] != 0 and not report["can_write"]  # it really ran without the right to write
+    assert report["labels"] == ["a", "b"] and report["embeddings_match"]
+    # No -wal file and no way to make one: opened immutable, SQLite reads the file as it stands, without a WAL
+    # index, and reports rollback mode; it writes nothing, so no journal applies. synchronous is set regardless.
+    assert report["pragmas"] == {"journal_mode": "delete", "synchronous": SYNCHRONOUS_FULL, "foreign_keys": 1}
+    assert report["write_error"] is not None and "read-only" in report["write_error"], report["write_error"]
+    assert sha256(unwritable_store) == digest
+    assert sorted(os.listdir(unwritable_store.parent)) == [unwritable_store.name]  # not even a -shm left behind
 
 
 def test_locked_by_another_writer(store: Path) -> None:
@@ -317,6 +502,36 @@ def test_sqlite_errors_become_one_line_gallery_errors(text: str, expected: str) 
         error = gallery._error(sqlite3.OperationalError(text), "enroll 'a'")
     assert isinstance(error, GalleryError) and isinstance(error, MetaedgeError)
     assert expected in str(error) and ":memory:" in str(error) and "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("SQLITE_BUSY_SNAPSHOT", ":memory: is locked: another program holds its write lock (waited 5 s)"),
+        ("SQLITE_READONLY_DBMOVED", ":memory: is read-only (the file or its directory is not writable"),
+        ("SQLITE_NOTADB", ":memory: is not a SQLite database (file is not a database)"),
+        ("SQLITE_CANTOPEN", "cannot open :memory:: unusual wording"),
+        ("SQLITE_IOERR_FSYNC", ":memory:: disk I/O error, could not enroll 'a'; check the storage medium"),
+        ("SQLITE_FULL", ":memory:: the disk is full, could not enroll 'a'"),
+        ("SQLITE_CORRUPT_INDEX", ":memory: is corrupt (unusual wording); restore it from an export"),
+    ],
+)
+def test_sqlite_error_codes_decide_the_message(name: str, expected: str) -> None:
+    """Python 3.11+ names the SQLite error code: it decides even when SQLite's text says nothing we look for."""
+    error = sqlite3.OperationalError("unusual wording")
+    error.sqlite_errorname = name
+    with Gallery(None, MODEL, DIM) as gallery:
+        assert str(gallery._error(error, "enroll 'a'")).startswith(expected)
+
+
+def test_missing_label_message_counts_the_labels_it_leaves_out() -> None:
+    with Gallery(None, MODEL, DIM) as gallery:
+        for i in range(23):
+            gallery.enroll(f"c{i:02d}", shots(i, k=1))
+        with pytest.raises(GalleryError) as caught:
+            gallery.remove("cat")
+    shown = ", ".join(f"c{i:02d}" for i in range(20))
+    assert str(caught.value) == f"no class named 'cat' in :memory:; enrolled: {shown}, ... (3 more)"
 
 
 # -- crash safety and concurrency: a real writer process ------------------------------------------------------
@@ -536,6 +751,13 @@ TAMPERED = {
     "duplicate label": lambda doc: doc["classes"][1].update(label="a"),
     "missing timestamp": lambda doc: doc["classes"][1].pop("created"),
     "sources count": lambda doc: doc["classes"][0].update(sources=["one.png"]),
+    "data not a string": lambda doc: doc["classes"][0]["embeddings"].update(data=12),
+    "float64 dtype": lambda doc: doc["classes"][0]["embeddings"].update(dtype="<f8"),
+    "boolean shape": lambda doc: doc["classes"][0]["embeddings"].update(shape=[True, DIM]),
+    "classes not a list": lambda doc: doc.update(classes={"a": 1}),
+    "class not an object": lambda doc: doc["classes"].__setitem__(1, "b"),
+    "NaN timestamp": lambda doc: doc["classes"][1].update(updated=float("nan")),
+    "boolean timestamp": lambda doc: doc["classes"][1].update(created=True),
 }
 
 
