@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
+
 from metaedge.data.preprocess import PreprocessSpec
 from metaedge.errors import MetaedgeError
 
@@ -17,6 +19,27 @@ FORMAT = "metaedge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "schema_version", "model_id", "backbone", "preprocess", "embedding_dim", "metric", "files")
+# The types of what a runtime reads from a manifest, checked after the digest: a re-signed manifest with a field of
+# the wrong type must be refused as a bundle problem, not crash the reader later with a TypeError.
+_FILE = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "minLength": 1}}}
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "required": list(REQUIRED),
+    "properties": {
+        "model_id": {"type": "string", "minLength": 1},
+        "backbone": {**_FILE, "properties": {**_FILE["properties"], "enroll": {"anyOf": [_FILE, {"type": "null"}]}}},
+        "preprocess": {"type": "object"},
+        "embedding_dim": {"type": "integer", "minimum": 1},
+        "metric": {"type": "object", "required": ["name", "scale"],
+                   "properties": {"name": {"type": "string"}, "scale": {"type": "number"}}},
+        "adaptation": {"type": "object"},
+        "open_set": {"type": ["object", "null"]},
+        "target": {"type": ["object", "null"]},
+        "files": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["sha256", "bytes"],
+            "properties": {"sha256": {"type": "string"}, "bytes": {"type": "integer", "minimum": 0}}}},
+    },
+}  # fmt: skip
 
 
 class BundleError(MetaedgeError):
@@ -109,6 +132,10 @@ def load(path: str | os.PathLike) -> Bundle:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise BundleError(f"{manifest_path}: missing required key(s) {missing}")
+    problem = next(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(manifest), None)
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "the manifest"
+        raise BundleError(f"{manifest_path}: {where}: {problem.message}")
     for name, entry in manifest["files"].items():
         file = path / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -154,3 +181,29 @@ def write(out: str | os.PathLike, manifest: dict, files: dict[str, Path], overwr
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load(out)
+
+
+def update_manifest(path: str | os.PathLike, entries: dict) -> Bundle:
+    """Set top-level manifest `entries` of a verified bundle (e.g. a recalibrated `open_set`) and its digest.
+
+    Only keys that describe how the files are used may change this way: the files and their hashes stay as
+    they are. The new manifest is written beside the old one and renamed over it, so a crash leaves either.
+    """
+    bundle = load(path)
+    fixed = {"format", "schema_version", "files", "digest"} & set(entries)
+    if fixed:
+        raise BundleError(f"{bundle.path}: {sorted(fixed)} cannot be updated in place; export the bundle again")
+    manifest = {**bundle.manifest, **entries}
+    manifest["digest"] = manifest_digest(manifest)
+    fd, staging = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=bundle.path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(manifest, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(staging, (bundle.path / MANIFEST).stat().st_mode & 0o777)
+        os.replace(staging, bundle.path / MANIFEST)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return load(bundle.path)

@@ -1,0 +1,112 @@
+"""The FastAPI application: configuration, one Runtime per process on its own thread, middleware, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+import metaedge
+from metaedge.gallery import GalleryError
+from metaedge.serve import errors
+from metaedge.serve.metrics import Metrics, MetricsMiddleware
+from metaedge.serve.security import SecurityHeaders, check_bind, load_key
+from metaedge.serve.uploads import BodyLimit, ServeLimits
+
+CONFIG_ENV = "METAEDGE_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `metaedge serve` is told; plain values, so it travels to worker processes as JSON."""
+
+    bundle: str | None = None  # None: the reference bundle
+    store: str | None = None  # None: an in-memory gallery (tests); the CLI always gives a file
+    host: str = "127.0.0.1"
+    api_key_file: str | None = None  # None: $METAEDGE_API_KEY, or no key (loopback only)
+    keep_thumbnails: bool = False
+    cors_origins: tuple[str, ...] = ()
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        d = json.loads(text)
+        return cls(**{**d, "cors_origins": tuple(d["cors_origins"]), "limits": ServeLimits(**d["limits"])})
+
+
+class RuntimeThread:
+    """A Runtime made and used on one thread: its SQLite connection belongs to the thread that opened it, and one
+    caller at a time keeps each request's enrollment a single, ordered transaction."""
+
+    def __init__(self, bundle: str | None, store: str | None, *, readonly: bool = False) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaedge-runtime")
+        self.readonly = readonly
+        try:
+            self.runtime = self._pool.submit(metaedge.Runtime, bundle, store, readonly=readonly).result()
+        except BaseException:
+            self._pool.shutdown()
+            raise
+
+    async def call(self, fn, *args, **kwargs):
+        """Run fn(runtime, *args, **kwargs) on the runtime's thread without blocking the event loop."""
+        return await asyncio.wrap_future(self._pool.submit(fn, self.runtime, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.submit(self.runtime.close).result()
+        self._pool.shutdown()
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    """The service for `config`: refuses an unsafe bind, opens the bundle and gallery now (a bad one fails here,
+    before a port is taken), serves until shut down, then closes the gallery."""
+    from metaedge.serve import routes
+
+    config = config or ServeConfig()
+    key = load_key(config.api_key_file)
+    check_bind(config.host, key)
+    try:
+        worker = RuntimeThread(config.bundle, config.store)
+    except GalleryError as e:
+        if config.store is None or "is read-only" not in str(e):
+            raise
+        # Storage gone read-only (a failing card remounted, a read-only image): keep classifying what is
+        # enrolled; every write answers 503 with the reason.
+        logging.getLogger("uvicorn.error").warning("%s: serving it read-only", e)
+        worker = RuntimeThread(config.bundle, config.store, readonly=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()  # after uvicorn has let in-flight requests finish
+
+    about = "Few-shot image recognition on the device: enroll classes from a few images, classify."
+    app = FastAPI(title="metaedge", version=metaedge.__version__, lifespan=lifespan, description=about)
+    app.state.config, app.state.api_key, app.state.worker = config, key, worker
+    app.state.metrics = Metrics()
+    errors.install(app)
+    app.include_router(routes.api)
+    app.include_router(routes.plain)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])  # fmt: skip
+    app.add_middleware(BodyLimit, limits=config.limits)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times everything, 413s too
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory in each worker process of `metaedge serve --workers N`."""
+    return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))

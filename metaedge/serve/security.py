@@ -1,0 +1,105 @@
+"""Who may talk to the service: loopback unless a key is set, the key compared in constant time, page headers."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+
+from fastapi import Request
+
+from metaedge.serve.errors import ServeError
+
+KEY_ENV = "METAEDGE_API_KEY"
+MIN_KEY_LENGTH = 16
+# The page loads nothing from anywhere else (no CDN); the camera's frames are blob: URLs.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+# FastAPI's /docs and /redoc pages load their viewers from a CDN (the browser fetches them, not the device);
+# the service's own page never does.
+_SWAGGER = ("/docs", "/redoc", "/docs/oauth2-redirect")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def load_key(key_file: str | os.PathLike | None) -> str | None:
+    """The API key from `key_file`, else $METAEDGE_API_KEY, else None. Never from the command line: `ps` shows it."""
+    if key_file is not None:
+        path = Path(key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ServeError(f"cannot read the API key file {path}: {getattr(e, 'strerror', None) or e}", 500) from e
+        where = str(path)
+    else:
+        key = os.environ.get(KEY_ENV, "").strip()
+        if not key:
+            return None
+        where = f"${KEY_ENV}"
+    if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
+        raise ServeError(f"the API key in {where} must be one line of at least {MIN_KEY_LENGTH} characters", 500)
+    return key
+
+
+def check_bind(host: str, key: str | None) -> None:
+    """Refuse to serve beyond this machine without a key: anyone on the network could empty the gallery."""
+    if key is None and not is_loopback(host):
+        raise ServeError(
+            f"refusing to listen on {host} without an API key: pass --api-key-file FILE or set ${KEY_ENV} "
+            "(or listen on 127.0.0.1)",
+            500,
+        )
+
+
+def presented_key(request: Request) -> str | None:
+    """The key a client sent: `X-API-Key: KEY` or `Authorization: Bearer KEY`."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    return key
+
+
+def require_key(request: Request) -> None:
+    """FastAPI dependency of every /v1 route and /metrics: 401 unless the configured key (if any) was sent."""
+    expected: str | None = request.app.state.api_key
+    if expected is None:
+        return
+    sent = presented_key(request)
+    # compare_digest: the time taken does not tell an attacker how many leading characters were right.
+    if sent is None or not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+        raise ServeError("missing or wrong API key (send it as X-API-Key or Authorization: Bearer)", 401)
+
+
+class SecurityHeaders:
+    """ASGI middleware: no sniffing, no framing, and a CSP that keeps the page to files from this device."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                            (b"referrer-policy", b"no-referrer")]  # fmt: skip
+                if scope["path"] not in _SWAGGER:
+                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,60 @@
+"""Running the app under uvicorn: one process, or N workers sharing the socket, the gallery and the metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import uvicorn
+
+from metaedge.serve.app import CONFIG_ENV, ServeConfig
+from metaedge.serve.metrics import MULTIPROC_ENV
+
+
+class Server(uvicorn.Server):
+    """uvicorn's Server, minus one thing: after a graceful stop it re-raises the signal that asked for it, so the
+    exit status would read 'killed by SIGTERM'; a service manager should see 0 for a clean stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def run(app, config: ServeConfig, *, port: int, workers: int = 1, log_level: str = "info",
+        ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
+    """Serve `app` (made by create_app(config), so every check has passed) until SIGINT or SIGTERM; then let
+    in-flight requests finish (up to 30 s) and return. With workers > 1 each worker builds its own app from
+    `config` and `app` only served as the check."""
+    options = {"host": config.host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30,
+               "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}  # fmt: skip
+    if workers == 1:
+        Server(uvicorn.Config(app, **options)).run()
+        return
+    app.state.worker.close()
+    os.environ[CONFIG_ENV] = config.to_json()
+    with _shared_metrics_dir():
+        cfg = uvicorn.Config("metaedge.serve.app:app_from_environment", factory=True, workers=workers, **options)
+        from uvicorn.supervisors import Multiprocess
+
+        # Each worker runs uvicorn's own Server; the supervisor here is what a service manager waits on, and it
+        # returns (exit 0) once SIGTERM has stopped every worker gracefully.
+        Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir():
+    """A fresh directory for prometheus_client's multiprocess mode, so /metrics sums every worker."""
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="metaedge-metrics-") as tmp:
+        os.environ[MULTIPROC_ENV] = tmp
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
