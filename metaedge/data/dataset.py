@@ -61,12 +61,20 @@ class ImageDataset:
     def groups(self) -> list[str]:
         return sorted({c.group for c in self.classes})
 
+    def split_units(self) -> list[str]:
+        """What a train/test split divides: the groups, or where there is only one group (a `class/image`
+        layout such as CIFAR's) the classes themselves, by key (`group/class`), so held-out classes stay unseen."""
+        groups = self.groups()
+        return groups if len(groups) > 1 else sorted(c.key for c in self.classes)
+
     def subset(self, groups: Iterable[str]) -> ImageDataset:
+        """The classes of the named groups, or of the named class keys (`group/class`, see `split_units`)."""
         wanted = set(groups)
-        unknown = wanted - set(self.groups())
+        keys = {c.key for c in self.classes}
+        unknown = wanted - set(self.groups()) - keys
         if unknown:
             raise DataError(f"unknown group(s) {sorted(unknown)}; this dataset has {self.groups()}")
-        return replace(self, classes=[c for c in self.classes if c.group in wanted])
+        return replace(self, classes=[c for c in self.classes if c.group in wanted or c.key in wanted])
 
     def with_rotations(self, rotations: Sequence[int] = (0, 1, 2, 3), flips: bool = False) -> ImageDataset:
         """Class augmentation: each k x 90 degree rotation of a class becomes a class of its own, and with `flips`

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from metaedge.data import PreprocessSpec
+from metaedge.data.preprocess import PRESETS, preprocess_settings
 from metaedge.errors import DataError
 
 
@@ -40,7 +41,10 @@ def test_round_trip_through_json():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"channels": 2}, "channels"), ({"size": 2}, "size"), ({"mean": (0, 0)}, "mean and std"),
-     ({"std": (0.0,)}, "positive"), ({"resample": "magic"}, "resample")],
+     ({"std": (0.0,)}, "positive"), ({"resample": "magic"}, "resample"), ({"resize_mode": "fit"}, "resize_mode"),
+     ({"crop_fraction": 0.0}, "crop_fraction"), ({"crop_fraction": 1.5}, "crop_fraction"),
+     ({"channel_order": "BGR"}, "channel_order"), ({"channels": 3, "mean": (0,) * 3, "std": (1,) * 3,
+                                                   "channel_order": "L"}, "channel_order")],
 )  # fmt: skip
 def test_invalid_specs_are_refused(kwargs, message):
     with pytest.raises(DataError, match=message):
@@ -50,3 +54,33 @@ def test_invalid_specs_are_refused(kwargs, message):
 def test_unknown_key_is_refused():
     with pytest.raises(DataError, match="unknown key"):
         PreprocessSpec.from_dict({"size": 28, "colour": "blue"})
+
+
+def test_old_manifests_read_with_the_defaults_of_new_keys():
+    """Bundles and checkpoints written before the colour keys existed keep their meaning: plain resize, L/RGB."""
+    old = {"channels": 1, "size": 28, "invert": True, "mean": [0.0], "std": [1.0], "resample": "box"}
+    spec = PreprocessSpec.from_dict(old)
+    assert (spec.resize_mode, spec.crop_fraction, spec.channel_order) == ("plain", 1.0, "L")
+    assert PreprocessSpec.from_dict({**old, "channels": 3, "mean": [0] * 3, "std": [1] * 3}).channel_order == "RGB"
+
+
+def test_shorter_side_resize_then_centre_crop_shapes():
+    wide = Image.new("RGB", (300, 100), (10, 20, 30))
+    wide.paste((200, 0, 0), (140, 0, 160, 100))  # a red bar in the middle survives the crop
+    spec = PreprocessSpec.from_dict({**PRESETS["imagenet"], "size": 64, "mean": [0] * 3, "std": [1] * 3})
+    x = spec(wide)  # shorter side 100 -> 73 (64 / 0.875), longer 219; centre 64x64
+    assert x.shape == (3, 64, 64)
+    assert x[0, 32, 32] == pytest.approx(200 / 255, abs=2 / 255) and x[0, 32, 2] == pytest.approx(10 / 255, abs=2 / 255)
+
+
+def test_preprocess_settings_preset_or_json_file(tmp_path):
+    assert preprocess_settings("imagenet")["size"] == 224
+    path = tmp_path / "pre.json"
+    path.write_text(json.dumps({"channels": 3, "size": 96, "invert": False, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                "channel_order": "BGR"}))  # fmt: skip
+    assert PreprocessSpec.from_dict(preprocess_settings(str(path))).channel_order == "BGR"
+    path.write_text(json.dumps({"size": 96, "colour": "blue"}))
+    with pytest.raises(DataError, match="unknown key"):
+        preprocess_settings(str(path))
+    with pytest.raises(DataError, match="neither a preset"):
+        preprocess_settings(str(tmp_path / "missing.json"))
