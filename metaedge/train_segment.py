@@ -1,0 +1,187 @@
+"""Meta-training of one-shot segmentation (`metaedge train --task segment`): cluttered scenes made on the fly.
+
+Each episode is one scene with its target's K references (data/clutter.py), seeded by (seed, episode index),
+so a resumed run draws exactly the scenes the uninterrupted run would have; `meta_batch` episodes make one
+update, dealt to the ranks under torchrun as classification's tasks are. Validation is the mean IoU on a
+fixed seeded scene set of the validation alphabets (never the test ones), over the training clutter levels,
+half of it one-colour. Checkpoints, log and resume follow metaedge/train.py exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaedge import checkpoint as ckpt
+from metaedge import distributed
+from metaedge.data import open_dataset, split_groups
+from metaedge.data.clutter import REFERENCE_SIZE, ClutterEpisodes, Glyphs
+from metaedge.errors import CheckpointError, DataError
+from metaedge.evaluate_segment import REFERENCE_SPEC, SCENE_SPEC, SegmentResult, evaluate_segment, scenes_to_tensors
+
+
+def segment_defaults(config):
+    """The segment task's architecture where `config` left the classification defaults (protonet, conv4, 28 px)."""
+    changes = {}
+    if config.algorithm == "protonet":
+        changes["algorithm"] = "protoseg"
+    if config.backbone == "conv4":
+        changes["backbone"] = "fcn"
+    if config.image_size == 28:
+        changes["image_size"] = SCENE_SPEC.size
+    config = dataclasses.replace(config, **changes)
+    if config.algorithm != "protoseg":
+        raise DataError(f"--task segment trains the protoseg method, not {config.algorithm!r}")
+    if config.image_size != SCENE_SPEC.size:
+        raise DataError(f"--task segment works on {SCENE_SPEC.size}x{SCENE_SPEC.size} scenes, not --image-size "
+                        f"{config.image_size}")  # fmt: skip
+    if not config.clutter or any(c < 1 for c in config.clutter):
+        raise DataError(f"--clutter takes positive numbers of characters, not {config.clutter}")
+    return config
+
+
+def arch_meta(config) -> dict:
+    return {
+        "algorithm": {"name": "protoseg", "config": {"decoder": config.decoder}},
+        "backbone": {"name": config.backbone, "kwargs": {"in_channels": SCENE_SPEC.channels, "width": config.width}},
+    }
+
+
+def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_step, on_validate):
+    """The body of metaedge.train.train for --task segment; returns its TrainResult."""
+    from metaedge.train import StepStats, TrainConfig, TrainResult, lr_at
+
+    start_episode, best_iou, elapsed, state_meta = 0, -1.0, 0.0, None
+    if resume:
+        last = run_dir / ckpt.LAST
+        if not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume (no last checkpoint in {run_dir})")
+        state_meta = ckpt.read_meta(last)
+        stored = TrainConfig(**state_meta["train_config"])
+        config = dataclasses.replace(stored, episodes=max(config.episodes, stored.episodes), device=config.device)
+        start_episode, best_iou = state_meta["episode"], state_meta.get("best_val_accuracy", -1.0)
+        elapsed = state_meta.get("train_seconds", 0.0)
+    elif (run_dir / ckpt.LAST).exists() and not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or another --out"
+        )
+    config = segment_defaults(config)
+
+    # Data first: a bad root or split fails before the run directory is touched.
+    dataset = open_dataset(config.data)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, split_seed)
+    train_glyphs = Glyphs.from_dataset(dataset.subset(split.train))
+    val_glyphs = Glyphs.from_dataset(dataset.subset(split.val)) if split.val else None
+    episodes = ClutterEpisodes(train_glyphs, config.clutter, shot=config.shot, one_colour=config.one_colour,
+                               seed=config.seed)  # fmt: skip
+
+    torch.manual_seed(config.seed)
+    method = ckpt.build_method(arch_meta(config))
+    if ranks.main:
+        if overwrite and state_meta is None:
+            for name in (ckpt.LAST, ckpt.BEST, "log.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ranks)
+    method.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if state_meta is not None:
+        resumed = ckpt.load(run_dir / ckpt.LAST, which=ckpt.LAST, map_location=device)
+        method.load_state_dict(resumed.method.state_dict())
+        ckpt.load_optimizer_state(run_dir / ckpt.LAST, optimizer, state_meta)
+
+    meta = {
+        **arch_meta(config),
+        "task": "segment",
+        "preprocess": SCENE_SPEC.to_dict(),
+        "reference_preprocess": REFERENCE_SPEC.to_dict(),
+        "segment": {"scene_size": SCENE_SPEC.size, "reference_size": REFERENCE_SIZE, "stride": method.stride,
+                    "clutter": list(config.clutter), "one_colour": config.one_colour, "shot": config.shot},
+        "split": split.to_dict(),
+        "data": {"roots": [str(s.path) for s in dataset.sources], "groups": sorted(set(train_glyphs.class_groups)),
+                 "classes": train_glyphs.num_classes, "images": len(train_glyphs.labels),
+                 "all_groups": dataset.groups()},
+        "seed": config.seed,
+        "train_config": dataclasses.asdict(config),
+        "versions": ckpt.versions(),
+    }  # fmt: skip
+    history: list[dict] = []
+    log = (run_dir / "log.jsonl").open("a") if ranks.main else None
+    best_val: SegmentResult | None = None
+    t0 = time.perf_counter() - elapsed
+    try:
+        for episode in range(start_episode, config.episodes):
+            lr = lr_at(config, episode)
+            loss, iou = _step(method, optimizer, episodes, config, episode, lr, device, ranks)
+            stats = StepStats(episode=episode + 1, loss=loss, accuracy=iou, lr=lr)
+            if on_step is not None and ranks.main:
+                on_step(stats)
+            done = episode + 1
+            if done % config.val_every == 0 or done == config.episodes:
+                distributed.average_buffers(method, ranks)
+                if not ranks.main:
+                    continue
+                row = {"episode": done, "loss": loss, "train_iou": iou, "seconds": time.perf_counter() - t0}
+                step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
+                if val_glyphs is not None:
+                    result = validate(method, val_glyphs, config, device)
+                    method.train()
+                    row["val_iou"], row["val_ci95"] = result.iou, result.iou_ci95
+                    if on_validate is not None:
+                        on_validate(done, result)
+                    if result.iou > best_iou:
+                        best_iou, best_val = result.iou, result
+                        step_meta["val"] = result.to_dict()
+                        ckpt.save(run_dir / ckpt.BEST, method, {**step_meta, "best_val_accuracy": best_iou})
+                else:
+                    ckpt.save(run_dir / ckpt.BEST, method, step_meta)
+                ckpt.save(run_dir / ckpt.LAST, method, {**step_meta, "best_val_accuracy": best_iou}, optimizer)
+                history.append(row)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+    finally:
+        if log is not None:
+            log.close()
+    distributed.barrier(ranks)  # as in train.py: no rank leaves while rank 0 still writes
+    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
+
+
+def _step(method, optimizer, episodes: ClutterEpisodes, config, episode: int, lr: float, device, ranks):
+    """One update on `meta_batch` scenes (this rank's share in one forward pass) -> (mean loss, mean IoU)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    method.train()
+    optimizer.zero_grad(set_to_none=True)
+    indices = [episode * config.meta_batch + task for task in range(ranks.rank, config.meta_batch, ranks.world)]
+    batch = episodes.batch(indices)
+    scenes, references = scenes_to_tensors(batch, device)
+    masks = torch.from_numpy(batch.masks).to(device)
+    loss, iou = method.episode_loss(scenes.contiguous(memory_format=torch.channels_last), masks, references)
+    # Summed over this rank's scenes and divided by the whole meta-batch: the all-reduced gradient is the
+    # meta-batch mean on any number of ranks.
+    (loss.sum() / config.meta_batch).backward()
+    distributed.all_reduce_gradients(method, ranks)
+    optimizer.step()
+    return float(loss.detach().mean()), float(iou.mean())
+
+
+def validate(method, glyphs: Glyphs, config, device) -> SegmentResult:
+    """Mean IoU over `val_episodes` fixed scenes of the validation groups: the training clutter levels in turn,
+    each half coloured, half one-colour (a model that leans on colour is not the one to keep)."""
+    levels = list(config.clutter)
+    per = max(1, config.val_episodes // (2 * len(levels)))
+    results = [evaluate_segment(method, glyphs, clutter=c, scenes=per, seed=config.seed, shot=config.shot,
+                                one_colour=one, device=device) for c in levels for one in (False, True)]  # fmt: skip
+    # Equal-sized independent sets: the pooled mean is the mean of theirs, its CI half-width sqrt(sum ci^2) / n.
+    iou = float(np.mean([r.iou for r in results]))
+    ci = float(np.sqrt(np.nansum([r.iou_ci95**2 for r in results])) / len(results))
+    hits = float(np.mean([r.localisation for r in results]))
+    hits_ci = float(np.sqrt(np.nansum([r.localisation_ci95**2 for r in results])) / len(results))
+    return dataclasses.replace(results[0], iou=iou, iou_ci95=ci, localisation=hits, localisation_ci95=hits_ci,
+                               clutter=0, one_colour=False, scenes=per * len(results))  # fmt: skip
