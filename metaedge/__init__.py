@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from metaedge.runtime import Runtime
 
         return Runtime
+    if name == "reference":  # metaedge.reference.bundle_path("locate") after a plain `import metaedge`
+        import metaedge.reference
+
+        return metaedge.reference
     raise AttributeError(f"module 'metaedge' has no attribute {name!r}")

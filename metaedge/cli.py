@@ -8,13 +8,48 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 import metaedge
-from metaedge._console import console, fail, training_progress
+from metaedge._console import console, err_console, fail, training_progress
+from metaedge.cli_locate import locate, locate_demo
 from metaedge.cli_profile import profile
+from metaedge.cli_serve import serve
 from metaedge.errors import MetaedgeError
 
-app = typer.Typer(
+
+class _FlagsShowNoType:
+    """typer 0.29's help puts `<bool>` beside every flag, --help and --version included, as if it took a value;
+    a flag takes none, and an empty metavar shows nothing there (typer's own `is_flag` is deprecated and
+    changes nothing in the help)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # the command's own, then the help option typer adds
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Group(_FlagsShowNoType, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_FlagsShowNoType, typer.core.TyperCommand):
+    pass
+
+
+class _Typer(typer.Typer):
+    """A Typer whose groups and commands all show flags without a type (every command, later ones included)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, **kwargs):
+        return super().command(*args, cls=kwargs.pop("cls", None) or _Command, **kwargs)
+
+
+app = _Typer(
     name="metaedge",
     help="Few-shot image recognition for edge devices: meta-train, evaluate, export, enroll, classify, profile.",
     no_args_is_help=True,
@@ -70,7 +105,9 @@ def train(
         float, typer.Option(help="With --augment: elastic distortion, largest displacement as a fraction of the side.")
     ] = 0.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed).")] = 1e-3,
-    meta_batch: Annotated[int, typer.Option(help="Tasks per meta-update.")] = 1,
+    meta_batch: Annotated[
+        int | None, typer.Option(help="Tasks per meta-update; default: one per rank (1 without torchrun).")
+    ] = None,
     inner_steps: Annotated[int | None, typer.Option(help="Inner-loop steps (maml, fomaml, anil, metasgd).")] = None,
     inner_lr: Annotated[float | None, typer.Option(help="Inner-loop step size (metasgd: its start).")] = None,
     strokes: Annotated[
@@ -91,18 +128,43 @@ def train(
         int | None,
         typer.Option(help="Seed of the group split alone: runs of other --seed values hold out the same groups."),
     ] = None,
+    task: Annotated[
+        str, typer.Option(help="classify, or segment: one-shot segmentation of cluttered scenes (protoseg, fcn).")
+    ] = "classify",
+    clutter: Annotated[str, typer.Option(help="--task segment: characters per scene, drawn from these.")] = "4,8,16,32",
+    one_colour: Annotated[
+        float, typer.Option(help="--task segment: fraction of scenes with every character white.")
+    ] = 0.5,
+    decoder: Annotated[bool, typer.Option(help="--task segment: a light mask decoder over the cosine map.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="Image preprocessing: a preset (rgb, imagenet) or a JSON file, at --image-size; "
+                          "default: Omniglot's."),
+    ] = None,
+    init_weights: Annotated[
+        Path | None, typer.Option(help="Start the backbone from these weights: safetensors or a torch state dict.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
     nproc: Annotated[int, typer.Option(help="Processes for data-parallel training (launches torchrun).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Meta-train a few-shot model on episodes; keep the checkpoint that validates best."""
-    from metaedge.train import TrainConfig
+    from metaedge.data.clutter import parse_clutter
+    from metaedge.data.preprocess import preprocess_settings
+    from metaedge.distributed import world_size
+    from metaedge.train import TrainConfig, for_ranks
     from metaedge.train import train as run_training
 
     if nproc > 1:
         raise typer.Exit(_torchrun(nproc))
+    try:
+        clutter_levels = parse_clutter(clutter)
+        # --image-size is the input side of a trained network, whatever side a preset or file names.
+        settings = {k: v for k, v in preprocess_settings(preprocess).items() if k != "size"} if preprocess else {}
+    except MetaedgeError as e:
+        fail(str(e))
     config = TrainConfig(
         data=[str(d) for d in data], out=str(out), algorithm=algorithm, metric=metric, backbone=backbone,
         width=width, depth=depth, image_size=image_size, way=way, shot=shot, query=query, within_group=within_group,
@@ -111,9 +173,20 @@ def train(
         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr, flips=flips, elastic=elastic,
         strokes=[str(s) for s in strokes or []], stroke_variants=stroke_variants,
         val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, split_seed=split_seed,
-        device=device,
+        task=task, clutter=clutter_levels, one_colour=one_colour, decoder=decoder,
+        device=device, preprocess=settings, init_weights=str(init_weights) if init_weights else None,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
+    world = world_size()
+    try:
+        config = for_ranks(config, world)  # the settings the ranks share, checked before any progress bar
+    except MetaedgeError as e:
+        if not main_rank:  # every rank finds the same: rank 0 says it once
+            raise typer.Exit(1) from None
+        fail(str(e))
+    if world > 1 and main_rank and not resume:  # a resumed run keeps its own meta-batch
+        how = "one task per rank; --meta-batch sets it" if meta_batch is None else "--meta-batch"
+        err_console.print(f"meta-batch {config.meta_batch} over {world} ranks ({how})", highlight=False)
     try:
         with training_progress(episodes, enabled=not as_json and main_rank) as (on_step, on_validate, on_pretrain):
             result = run_training(config, resume=resume, overwrite=overwrite, on_step=on_step,
@@ -124,9 +197,15 @@ def train(
                "best_val": result.best_val.to_dict() if result.best_val else None}  # fmt: skip
     if not main_rank:
         return
+    if result.init_weights is not None:
+        summary["init_weights"] = result.init_weights
     if as_json:
         print(json.dumps(summary))
     else:
+        if result.init_weights is not None:
+            from metaedge.weights import WeightsReport
+
+            console.print(f"init weights: {WeightsReport(**result.init_weights).summary()}", highlight=False)
         console.print(f"trained {result.episodes} episodes in {summary['minutes']:.1f} min -> {result.run_dir}")
 
 
@@ -149,12 +228,23 @@ def evaluate(
     enroll_views: Annotated[
         int | None, typer.Option(help="Support images only through N views (1-9); queries keep --views.")
     ] = None,
+    task: Annotated[
+        str, typer.Option(help="classify, or segment: mean IoU and localisation on --episodes scenes per level.")
+    ] = "classify",
+    clutter: Annotated[str, typer.Option(help="--task segment: clutter levels (characters per scene).")] = "4,32",
+    decoder: Annotated[
+        bool | None, typer.Option(help="--task segment: use the mask decoder (--no-decoder: the cosine map alone).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Mean accuracy and 95% confidence interval over seeded episodes of classes the model never trained on."""
     from metaedge.evaluate import evaluate_checkpoint
     from metaedge.train import pick_device
 
+    if task == "segment":
+        return _evaluate_segment(checkpoint, data, groups, clutter, episodes, shot, seed, decoder, device, as_json)
+    if task != "classify":
+        fail(f"unknown task {task!r}; choose classify or segment")
     try:
         result = evaluate_checkpoint(
             checkpoint, data, groups=groups.split(",") if groups else None, device=pick_device(device),
@@ -169,6 +259,30 @@ def evaluate(
         console.print(
             f"{result.way}-way {result.shot}-shot on {', '.join(result.groups)}: "
             f"[bold]{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}[/] (95% CI, {result.episodes} episodes)"
+        )
+
+
+def _evaluate_segment(checkpoint, data, groups, clutter, scenes, shot, seed, decoder, device, as_json) -> None:
+    """`metaedge evaluate --task segment`: one row per clutter level and colouring."""
+    from metaedge.data.clutter import parse_clutter
+    from metaedge.evaluate_segment import evaluate_segment_checkpoint
+    from metaedge.train import pick_device
+
+    try:
+        results = evaluate_segment_checkpoint(
+            checkpoint, data, groups=groups.split(",") if groups else None, clutter=parse_clutter(clutter),
+            scenes=scenes, seed=seed, shot=shot, use_decoder=decoder, device=pick_device(device),
+        )  # fmt: skip
+    except MetaedgeError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results]))
+        return
+    for r in results:
+        console.print(
+            f"{r.clutter:>4} characters, {'one-colour' if r.one_colour else 'coloured  '}, {r.shot}-shot: "
+            f"IoU [bold]{100 * r.iou:.1f} ± {100 * r.iou_ci95:.1f}[/], localisation {100 * r.localisation:.1f} ± "
+            f"{100 * r.localisation_ci95:.1f} (95% CI, {r.scenes} scenes, {'decoder' if r.decoder else 'no decoder'})"
         )
 
 
@@ -220,6 +334,14 @@ def export_cmd(
         int | None,
         typer.Option(help="Views (1-9) for enrollment only: a second graph for support images; queries keep --views."),
     ] = None,
+    onnx_model: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Instead of a checkpoint: an ONNX feature extractor made elsewhere to wrap."),
+    ] = None,
+    preprocess: Annotated[
+        str | None, typer.Option(help="With --onnx: its preprocessing, a preset (imagenet, rgb) or a JSON file.")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="With --onnx: cosine or sqeuclidean.")] = "cosine",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a checkpoint to a verified deployment bundle: ONNX backbone, manifest, parity report."""
@@ -229,13 +351,24 @@ def export_cmd(
     try:
         if list_targets:
             return _print_targets(all_targets(), as_json)
-        if checkpoint is None or (out is None and not dry_run):
+        if onnx_model is not None:
+            from metaedge.onnx_import import import_onnx
+
+            if checkpoint is not None or out is None or preprocess is None:
+                fail("export --onnx FILE needs --preprocess and --out, and no CHECKPOINT")
+            result = import_onnx(
+                onnx_model, out, preprocess=preprocess, verify_data=[str(p) for p in verify_data or []],
+                metric=metric, target=target, int8=int8, calibration_data=[str(p) for p in calibration_data or []],
+                force=force, overwrite=overwrite,
+            )  # fmt: skip
+        elif checkpoint is None or (out is None and not dry_run):
             fail("export needs CHECKPOINT and --out")
-        result = export_checkpoint(
-            checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
-            calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
-            verify_data=[str(p) for p in verify_data or []], views=views, enroll_views=enroll_views,
-        )  # fmt: skip
+        else:
+            result = export_checkpoint(
+                checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
+                calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
+                verify_data=[str(p) for p in verify_data or []], views=views, enroll_views=enroll_views,
+            )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))
     if result.dry_run_command:
@@ -258,13 +391,37 @@ def _print_targets(profiles: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({name: p.to_dict() for name, p in profiles.items()}))
         return
-    from rich.table import Table
+    from metaedge.targets import targets_table
 
-    table = Table("target", "providers", "precision", "max batch", "CUDA arch", "description")
-    for name, p in profiles.items():
-        short = ", ".join(x.removesuffix("ExecutionProvider") for x in p.onnxruntime_providers)
-        table.add_row(name, short, p.precision, str(p.max_batch), ",".join(p.cuda_architectures) or "-", p.description)
-    console.print(table)
+    console.print(targets_table(profiles))
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory whose open-set curve to calibrate again.")],
+    data: Annotated[
+        list[Path] | None, typer.Option(help="Dataset root (repeatable); default: the roots the model trained from.")
+    ] = None,
+    groups: Annotated[
+        str | None, typer.Option(help="Comma-separated groups; default: the validation groups, else the test groups.")
+    ] = None,
+    drawers: Annotated[str | None, typer.Option(help="Only images by these drawers, e.g. 1-10.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest's new open_set as JSON.")] = False,
+) -> None:
+    """Recalibrate a bundle's open-set thresholds per number of shots (no re-export; only its manifest changes)."""
+    from metaedge.open_set import parse_drawers, recalibrate_bundle, summary
+
+    try:
+        chosen = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+        result = recalibrate_bundle(bundle, [str(p) for p in data or []], groups=chosen,
+                                    drawers=parse_drawers(drawers) if drawers else None)  # fmt: skip
+    except MetaedgeError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(result.manifest["open_set"]))
+        return
+    console.print(summary(result.manifest["open_set"]), highlight=False)
+    console.print(f"rewrote {result.path / 'manifest.json'}")
 
 
 def _default_store() -> Path:
@@ -279,11 +436,24 @@ StoreOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def _existing_store(store: Path | None) -> Path:
+    """The gallery a command reads or changes; where there is none yet, the error says how to make one."""
+    from metaedge.gallery import GalleryError
+
+    store = store or _default_store()
+    if str(store) != ":memory:" and not store.exists():  # ":memory:": the library's own error says more
+        raise GalleryError(f"no gallery at {store} yet: enroll a class first (metaedge enroll LABEL IMAGES...), "
+                           "or pass --store (or set $METAEDGE_STORE) to use an existing gallery")  # fmt: skip
+    return store
+
+
 def _runtime(bundle: Path | None, store: Path | None, readonly: bool = False):
     from metaedge.runtime import Runtime
 
-    store = store or _default_store()
-    if not readonly:
+    if readonly:
+        store = _existing_store(store)
+    else:
+        store = store or _default_store()
         store.parent.mkdir(parents=True, exist_ok=True)
     return Runtime(bundle, store, readonly=readonly)
 
@@ -307,8 +477,8 @@ def enroll(
         print(json.dumps(result.__dict__))
         return
     stages = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items() if k != "total")
-    console.print(f"enrolled {result.label!r}: {result.images} image(s), {result.total_embeddings} in the class; "
-                  f"{result.timings_ms['total']:.1f} ms ({stages})")  # fmt: skip
+    console.print(f"enrolled {escape(repr(result.label))}: {result.images} image(s), {result.total_embeddings} in "
+                  f"the class; {result.timings_ms['total']:.1f} ms ({stages})")  # fmt: skip
 
 
 @app.command()
@@ -319,7 +489,7 @@ def classify(
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 1,
     adapt: Annotated[bool, typer.Option(help="Rank with a head adapted on all enrolled images.")] = False,
     threshold: Annotated[float | None, typer.Option(help="Open-set threshold; default: the bundle's.")] = None,
-    no_threshold: Annotated[bool, typer.Option(help="Never answer unknown.")] = False,
+    no_threshold: Annotated[bool, typer.Option("--no-threshold", help="Never answer unknown.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify images against every enrolled class; "unknown" when nothing matches well enough."""
@@ -336,22 +506,31 @@ def classify(
         print(json.dumps(rows))
         return
     for row in rows:
-        others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in row["top_k"][1:])
-        shown = row["label"] if row["label"] is not None else "[yellow]unknown[/]"
-        console.print(f"{row['image']}: [bold]{shown}[/] ({row['score']:.3f})  {others}", highlight=False)
+        # Labels and paths are the user's: escaped, so "[/]" in one is text, not rich markup (it used to crash);
+        # one line per image however long, for whoever reads the output line by line.
+        others = "  ".join(f"{escape(t['label'])} {t['score']:.3f}" for t in row["top_k"][1:])
+        shown = escape(row["label"]) if row["label"] is not None else "[yellow]unknown[/]"
+        console.print(f"{escape(row['image'])}: [bold]{shown}[/] ({row['score']:.3f})  {others}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
 
 
-gallery_app = typer.Typer(help="List, remove, rename, export and import enrolled classes.", no_args_is_help=True)
+gallery_app = _Typer(help="List, remove, rename, export and import enrolled classes.", no_args_is_help=True)
 app.add_typer(gallery_app, name="gallery")
 
 
-def _gallery(bundle: Path | None, store: Path | None, readonly: bool = False):
+def _gallery(bundle: Path | None, store: Path | None, readonly: bool = False, create: bool = False):
+    """create: a missing gallery is made (import, which adds classes as enroll does); else it is an error."""
     from metaedge import bundle as bundle_io
     from metaedge.gallery import Gallery
     from metaedge.runtime import REFERENCE_BUNDLE
 
+    if create:
+        store = store or _default_store()
+        store.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        store = _existing_store(store)
     b = bundle_io.load(bundle or REFERENCE_BUNDLE)
-    return Gallery(store or _default_store(), b.model_id, b.embedding_dim, create=False, readonly=readonly)
+    return Gallery(store, b.model_id, b.embedding_dim, create=create, readonly=readonly)
 
 
 @gallery_app.command("list")
@@ -366,7 +545,7 @@ def gallery_list(bundle: BundleOpt = None, store: StoreOpt = None, as_json: Json
         print(json.dumps([r.__dict__ for r in records]))
         return
     for r in records:
-        console.print(f"{r.label}\t{r.count} image(s)", highlight=False)
+        console.print(f"{escape(r.label)}\t{r.count} image(s)", highlight=False, soft_wrap=True)
     console.print(f"{len(records)} class(es)")
 
 
@@ -378,7 +557,7 @@ def gallery_remove(label: str, bundle: BundleOpt = None, store: StoreOpt = None)
             g.remove(label)
     except MetaedgeError as e:
         fail(str(e))
-    console.print(f"removed {label!r}")
+    console.print(f"removed {escape(repr(label))}")
 
 
 @gallery_app.command("rename")
@@ -389,7 +568,7 @@ def gallery_rename(old: str, new: str, bundle: BundleOpt = None, store: StoreOpt
             g.rename(old, new)
     except MetaedgeError as e:
         fail(str(e))
-    console.print(f"renamed {old!r} to {new!r}")
+    console.print(f"renamed {escape(repr(old))} to {escape(repr(new))}")
 
 
 @gallery_app.command("export")
@@ -410,11 +589,17 @@ def gallery_import(
     store: StoreOpt = None,
     replace: Annotated[bool, typer.Option(help="Replace classes that already exist.")] = False,
 ) -> None:
-    """Add the classes of a JSON export (made with the same bundle) to the gallery, all or nothing."""
+    """Add the classes of a JSON export (made with the same bundle) to the gallery, all or nothing; a gallery
+    that does not exist yet is made, as enroll makes one (and removed again if the import fails)."""
+    store = store or _default_store()
+    fresh = not store.exists()
     try:
-        with _gallery(bundle, store) as g:
+        with _gallery(bundle, store, create=True) as g:
             n = g.import_json(path, replace=replace)
     except MetaedgeError as e:
+        if fresh:  # leave the machine as it was: no empty gallery behind a failed first import
+            for leftover in (store, *(store.with_name(store.name + s) for s in ("-wal", "-shm", "-journal"))):
+                leftover.unlink(missing_ok=True)
         fail(str(e))
     console.print(f"imported {n} class(es) from {path}")
 
@@ -426,10 +611,14 @@ def demo(
     way: Annotated[int, typer.Option(help="Characters enrolled.")] = 20,
     seed: Annotated[int, typer.Option(help="Which characters and drawers.")] = 0,
     as_json: JsonOpt = False,
+    task: Annotated[str, typer.Option(help="classify, or locate: find characters in cluttered scenes.")] = "classify",
+    overlay: Annotated[Path | None, typer.Option(help="With --task locate: write a PNG per scene here.")] = None,
 ) -> None:
     """Enroll characters of an alphabet the shipped model never saw, classify the rest, report accuracy and latency."""
     from metaedge.demo import run_demo
 
+    if task != "classify":  # --task locate: metaedge/cli_locate.py
+        return locate_demo(task, bundle, way=way, seed=seed, overlay=overlay, as_json=as_json)
     try:
         r = run_demo(bundle, shots=shots, way=way, seed=seed)
     except MetaedgeError as e:
@@ -451,6 +640,10 @@ def demo(
 
 # `metaedge profile` lives in its own file: it is the largest command and shares nothing with the others.
 app.command("profile")(profile)
+# `metaedge serve` too: it pulls in FastAPI and uvicorn, only when run.
+app.command("serve")(serve)
+# `metaedge locate`: classes found in scenes, through a localisation bundle (metaedge/locate.py).
+app.command("locate")(locate)
 
 
 def _torchrun(nproc: int) -> int:

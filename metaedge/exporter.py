@@ -19,11 +19,11 @@ import torch
 
 from metaedge import bundle as bundle_io
 from metaedge import checkpoint as ckpt
-from metaedge import quantize
+from metaedge import onnx_clean, quantize
 from metaedge import tensorrt_engine as trt_engine
 from metaedge.data import LoadedDataset, open_dataset
 from metaedge.errors import MetaedgeError
-from metaedge.open_set import calibrate_threshold
+from metaedge.open_set import CalibrationError, calibrate_curve, calibrate_sessions
 from metaedge.ort import create_session, run_batched
 from metaedge.parity import ParityReport, check_parity
 from metaedge.targets import TargetProfile, get_target
@@ -94,7 +94,8 @@ def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OP
     support: the enrollment graph, through the checkpoint's enroll views, instead of the query graph.
 
     Uses the exporter torch recommends (torch.export-based `dynamo=True`), whose optimiser folds constants
-    and batch norm into the convolutions.
+    and batch norm into the convolutions. Its per-node metadata (stack traces naming this machine's folders)
+    is stripped before anything hashes or quantizes the graph: metaedge/onnx_clean.py.
     """
     spec = checkpoint.preprocess
     backbone = _Embedder(checkpoint.method.cpu(), support).eval()
@@ -112,6 +113,7 @@ def export_onnx(checkpoint: ckpt.Checkpoint, path: Path, opset: int = DEFAULT_OP
             )  # fmt: skip
     except Exception as e:  # the exporter raises many types; all mean the same thing to the user
         raise ExportError(f"torch.onnx.export failed for this backbone: {e}") from None
+    onnx_clean.strip_file(path)
     check_onnx(path)
 
 
@@ -228,6 +230,15 @@ def export_checkpoint(
     enroll_views: int | None = None,
 ) -> ExportResult:
     """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails."""
+    get_target(target)  # a mistyped option is named before anything reads the checkpoint
+    if ckpt.read_meta(ckpt.resolve(checkpoint)).get("task") == "segment":  # a localisation bundle: export_segment.py
+        from metaedge.export_segment import export_segment_checkpoint
+
+        return export_segment_checkpoint(
+            checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, calibration_data=calibration_data,
+            verify_data=verify_data, opset=opset, force=force, dry_run=dry_run, overwrite=overwrite,
+            views=views, enroll_views=enroll_views, adaptation=adaptation,
+        )  # fmt: skip
     t0 = time.perf_counter()
     if fmt not in ("onnx", "tensorrt"):
         raise ExportError(f"unknown format {fmt!r}; choose onnx or tensorrt")
@@ -274,7 +285,7 @@ def export_checkpoint(
         reports = [check_parity(loaded.method, onnx_embeddings, data, backend="onnxruntime-cpu", precision=precision,
                                 episodes=parity_episodes)]  # fmt: skip
         files = {"backbone.onnx": onnx_path}
-        support_embeddings = None
+        support_embeddings, enroll_session = None, None
         if loaded.enrolls_apart:  # support images embedded differently from queries: a graph of their own
             enroll_path = tmp / "enroll.onnx"
             # int8 too where the query graph is: N views of every support image cost N passes at enrollment.
@@ -307,9 +318,16 @@ def export_checkpoint(
         (tmp / "verify.json").write_text(json.dumps({"reports": [r.to_dict() for r in reports],
                                                      "forced": bool(failed)}, indent=2) + "\n")  # fmt: skip
         files["verify.json"] = tmp / "verify.json"
-        # Calibrated on what the device computes: the ONNX Runtime embeddings of held-out classes.
-        open_set = calibrate_threshold(onnx_embeddings, data, getattr(loaded.method, "metric", "sqeuclidean"),
-                                       support_embeddings=support_embeddings)  # fmt: skip
+        # The open-set curve, per number of shots, on what the device computes (ONNX Runtime's embeddings): on
+        # the validation groups where the checkpoint has them (never trained on, and not the held-out groups
+        # that evaluation reports), else on the parity check's held-out images; the manifest says which.
+        metric = getattr(loaded.method, "metric", "sqeuclidean")
+        try:
+            val = _images(loaded, None, "val", "--verify-data", "names no validation groups", "validation data")
+            open_set = calibrate_sessions(val, session, enroll_session, metric, profile.max_batch, {"part": "val"})
+        except (ExportError, CalibrationError):  # no validation groups, their images are not here, or too few
+            open_set = calibrate_curve(onnx_embeddings, data, metric, support_embeddings=support_embeddings,
+                                       source={"part": "given" if verify_data else "test"})  # fmt: skip
         adapt = inner_loop(loaded.method, adaptation)
         if "step_sizes_file" in adapt:
             files[adapt["step_sizes_file"]] = write_step_sizes(loaded.method, tmp / adapt["step_sizes_file"])

@@ -14,6 +14,9 @@ from metaedge import bundle as bundle_io
 from metaedge import kernels
 from metaedge.errors import DataError
 from metaedge.images import ImageInput, preprocess
+from metaedge.locate import Localization, Locator, require_task
+from metaedge.locate import locate as locate_scene
+from metaedge.open_set import threshold_for
 from metaedge.ort import create_session, run_batched
 
 REFERENCE_BUNDLE = Path(__file__).resolve().parent / "reference" / "bundle"
@@ -68,7 +71,7 @@ class Runtime:
             store, self.bundle.model_id, self.bundle.embedding_dim, create=not readonly, readonly=readonly
         )
         self._head_cache: tuple | None = None  # (gallery version, weight (C, D), bias (C,))
-        self._proto_cache: tuple | None = None  # (gallery version, labels, prototypes (C, D))
+        self._proto_cache: tuple | None = None  # (gallery version, labels, prototypes (C, D), shots (C,))
 
     def use_target(self, target: dict) -> None:
         """(Re)open the sessions with a target profile's providers, threads and batch limit."""
@@ -78,6 +81,8 @@ class Runtime:
         if self.bundle.has_enroll_graph:  # support images through their own graph (more test-time views)
             self.enroll_session = create_session(self.bundle.enroll_onnx_path, providers, threads)
         self.max_batch = int(target.get("max_batch", 64))
+        self._providers, self._threads = providers, threads
+        self._locator = None  # a locate bundle's dense graphs: (re)opened with these providers by the next locate
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -110,20 +115,31 @@ class Runtime:
 
     # -- classification --------------------------------------------------------------------------------------
     def default_threshold(self) -> float | None:
+        """The bundle's single threshold (that of its largest calibrated number of shots), which older metaedge
+        applied to every class; classify applies `threshold_for` the number of shots of each class instead."""
         open_set = self.bundle.manifest.get("open_set") or {}
         return open_set.get("threshold")
+
+    def threshold_for(self, shots: int) -> float | None:
+        """The calibrated threshold for a class enrolled from `shots` images (None: the bundle has none)."""
+        return threshold_for(self.bundle.manifest.get("open_set"), shots)
 
     def classify(self, images: Sequence[ImageInput], *, top_k: int = 1, adapt: bool = False,
                  threshold: float | None | object = _MANIFEST_THRESHOLD) -> list[Prediction]:  # fmt: skip
         """One Prediction per image. threshold: a score below it means "unknown"; None turns rejection off;
-        by default the bundle's calibrated threshold. adapt: rank classes with a head adapted on every
-        enrolled embedding (the bundle's adaptation settings) instead of the prototypes alone.
+        by default the bundle's calibrated threshold for the number of images the best class was enrolled
+        from (a one-shot class's prototype is noisier, so its genuine queries score lower). adapt: rank
+        classes with a head adapted on every enrolled embedding (the bundle's adaptation settings) instead
+        of the prototypes alone.
         """
-        if threshold is _MANIFEST_THRESHOLD:
-            threshold = self.default_threshold()
-        labels, protos = self._prototypes()
+        require_task(self.bundle, "classify")
+        labels, protos, shots = self._prototypes()
         if not labels:
             raise DataError("the gallery is empty: enroll at least one class first")
+        if threshold is _MANIFEST_THRESHOLD:
+            limits = [self.threshold_for(int(n)) for n in shots]  # per class, indexed like `labels`
+        else:
+            limits = [threshold] * len(labels)
         if top_k < 1:
             raise DataError(f"top_k must be at least 1, got {top_k}")
         queries = self.embed(images)
@@ -135,18 +151,49 @@ class Runtime:
             order = np.argsort(-row_rank, kind="stable")[:k]
             best = int(order[0])
             score = float(row_sim[best])
-            known = threshold is None or score >= threshold
+            known = limits[best] is None or score >= limits[best]
             out.append(Prediction(labels[best] if known else None, score,
                                   [(labels[int(j)], float(row_rank[j])) for j in order]))  # fmt: skip
         return out
 
-    def _prototypes(self) -> tuple[list[str], np.ndarray]:
+    # -- localisation ----------------------------------------------------------------------------------------
+    def locate(self, scene: ImageInput, labels: Sequence[str] | None = None,
+               threshold: float | None | object = _MANIFEST_THRESHOLD) -> list[Localization]:  # fmt: skip
+        """Find enrolled classes in one scene (any size; metaedge/locate.py) -> one Localization per class (or per
+        one of `labels`), best score first. threshold: a score at or over it means present; None: all present;
+        by default the bundle's, calibrated on scenes with and without the class. Needs a locate bundle."""
+        require_task(self.bundle, "locate")
+        if self._locator is None:
+            settings = self.bundle.manifest["locate"]
+            self._locator = Locator(self.bundle.file(settings["dense"]["file"]),
+                                    self.bundle.file(settings["decoder"]["file"]), settings, self._providers,
+                                    self._threads)  # fmt: skip
+        names, protos, _ = self._prototypes()
+        if not names:
+            raise DataError("the gallery is empty: enroll at least one class first")
+        if labels is not None:
+            missing = [label for label in labels if label not in names]
+            if missing or not labels:
+                raise DataError(f"not enrolled: {', '.join(map(repr, missing))}" if missing else "no labels given")
+            rows = [names.index(label) for label in dict.fromkeys(labels)]
+            names, protos = [names[r] for r in rows], protos[rows]
+        if threshold is _MANIFEST_THRESHOLD:
+            threshold = self.bundle.manifest["locate"].get("threshold")
+        return locate_scene(self._locator, scene, names, protos, threshold)
+
+    def _prototypes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(labels, prototypes (C, D), shots (C,): how many embeddings each class holds)."""
         # Cached per gallery version: a classify call costs one PRAGMA, not a scan of every class,
         # yet still sees classes another process enrolled a moment ago.
         version = self.gallery.version()
         if self._proto_cache is None or self._proto_cache[0] != version:
-            self._proto_cache = (version, *self.gallery.prototypes())
-        return self._proto_cache[1], self._proto_cache[2]
+            labels, protos = self.gallery.prototypes()
+            # A second read, not one snapshot: a class removed in between has no count here, and the version
+            # read above is older than that removal, so the next call reads everything again.
+            counts = {r.label: r.count for r in self.gallery.records()}
+            shots = np.asarray([counts.get(label, 1) for label in labels], dtype=np.int64)
+            self._proto_cache = (version, labels, protos, shots)
+        return self._proto_cache[1], self._proto_cache[2], self._proto_cache[3]
 
     def _similarity(self, queries: np.ndarray, protos: np.ndarray) -> np.ndarray:
         # Scale-free scores, so one threshold holds whatever temperature the model learned.

@@ -29,6 +29,7 @@ from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate import EvalResult, evaluate, to_tensor
 from metaedge.pretrain import PretrainStats, pretrain_classifier
 from metaedge.schedule import cosine_lr
+from metaedge.weights import load_init_weights
 
 
 @dataclass
@@ -59,7 +60,7 @@ class TrainConfig:
     strokes: list[str] = field(default_factory=list)
     stroke_variants: int = 0
     lr: float = 1e-3
-    meta_batch: int = 1
+    meta_batch: int | None = None  # tasks per meta-update; None: one per rank (1 in a plain run), see for_ranks
     inner_steps: int | None = None
     inner_lr: float | None = None
     weight_decay: float = 0.0
@@ -71,8 +72,15 @@ class TrainConfig:
     val_within_group: bool = False
     seed: int = 0
     split_seed: int | None = None  # seed of the group split alone; None: `seed`
+    # "classify", or "segment": one-shot segmentation of cluttered scenes (metaedge/train_segment.py), whose
+    # scenes hold a number of characters drawn from `clutter`, one-colour with probability `one_colour`.
+    task: str = "classify"
+    clutter: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    one_colour: float = 0.5
+    decoder: bool = True
     device: str = "auto"
     preprocess: dict = field(default_factory=dict)
+    init_weights: str | None = None  # backbone weights to start from (metaedge/weights.py); None: random
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict({"size": self.image_size, **self.preprocess})
@@ -93,6 +101,7 @@ class TrainResult:
     seconds: float
     best_val: EvalResult | None
     history: list[dict]
+    init_weights: dict | None = None  # what --init-weights loaded: file, sha256, missing and unexpected keys
 
 
 def pick_device(name: str) -> str:
@@ -106,6 +115,23 @@ def pick_device(name: str) -> str:
 def lr_at(config: TrainConfig, episode: int) -> float:
     """The episodic rate: cosine decay to 1% over the run's episodes (metaedge/schedule.py)."""
     return cosine_lr(config.lr, episode, config.episodes)
+
+
+def for_ranks(config: TrainConfig, world: int) -> TrainConfig:
+    """`config` as `world` ranks run it: an unset meta_batch becomes one task per rank, and the batches that
+    the ranks share are checked to go round. Raises DataError naming the option to pass."""
+    if config.meta_batch is None:
+        config = dataclasses.replace(config, meta_batch=world)
+    if config.pretrain_epochs < 0 or config.pretrain_batch < 1:
+        raise DataError(f"--pretrain-epochs must be >= 0 and --pretrain-batch >= 1, not {config.pretrain_epochs} "
+                        f"and {config.pretrain_batch}")  # fmt: skip
+    if config.pretrain_epochs and config.pretrain_batch < world:
+        raise DataError(f"--pretrain-batch {config.pretrain_batch} is smaller than the {world} ranks sharing it: "
+                        f"pass --pretrain-batch {world} or more")  # fmt: skip
+    if config.meta_batch < world:
+        raise DataError(f"--meta-batch {config.meta_batch} is smaller than the {world} ranks sharing it: pass "
+                        f"--meta-batch {world} or more, or leave it out for one task per rank")  # fmt: skip
+    return config
 
 
 def train(
@@ -123,15 +149,18 @@ def train(
     classes (metaedge/pretrain.py); a resumed run is past that stage and goes straight on with its episodes.
     """
     run_dir = Path(config.out)
+    config = for_ranks(config, distributed.world_size())  # before joining: a bad setting leaves no process group
     ranks, device = distributed.setup(pick_device(config.device))
-    if config.pretrain_epochs < 0 or config.pretrain_batch < 1:
-        raise DataError(f"--pretrain-epochs must be >= 0 and --pretrain-batch >= 1, not {config.pretrain_epochs} "
-                        f"and {config.pretrain_batch}")  # fmt: skip
-    if config.pretrain_epochs and config.pretrain_batch < ranks.world:
-        raise DataError(f"--pretrain-batch {config.pretrain_batch} is smaller than the {ranks.world} ranks sharing it")
-    if config.meta_batch < ranks.world:
-        raise DataError(f"--meta-batch {config.meta_batch} is smaller than the {ranks.world} ranks sharing it")
     try:
+        task = config.task
+        if resume and (run_dir / ckpt.LAST).is_file():  # a resumed run is of its own task, whatever the options say
+            task = ckpt.read_meta(run_dir / ckpt.LAST)["train_config"].get("task", "classify")
+        if task == "segment":  # the task picks its episodes, method and validation
+            from metaedge.train_segment import train_segment
+
+            return train_segment(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate)
+        if task != "classify":
+            raise DataError(f"unknown task {task!r}; choose classify or segment")
         return _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_validate, on_pretrain)
     finally:
         distributed.cleanup(ranks)
@@ -142,7 +171,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     if resume:
         last = run_dir / ckpt.LAST
         if not last.is_file():
-            raise CheckpointError(f"{last}: nothing to resume (no last checkpoint in {run_dir})")
+            raise CheckpointError(f"{last}: nothing to resume (no last checkpoint in {run_dir}); "
+                                  "leave out --resume to start the run")  # fmt: skip
         state_meta = ckpt.read_meta(last)
         stored = TrainConfig(**state_meta["train_config"])
         # Resuming may extend the run; everything else must be the run's own settings.
@@ -161,7 +191,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # A separate split seed lets runs differ in initialisation and episodes yet hold out the same groups,
     # which ensemble members must (metaedge/ensemble.py refuses members that saw each other's test groups).
     split_seed = config.seed if config.split_seed is None else config.split_seed
-    split = split_groups(dataset.groups(), config.holdout_groups, config.val_groups, split_seed)
+    # Groups, or the classes of a single-group (class/image) dataset such as CIFAR's.
+    split = split_groups(dataset.split_units(), config.holdout_groups, config.val_groups, split_seed)
     train_set, val_set, _ = apply_split(dataset, split)
     if config.rotations:
         train_set = train_set.with_rotations(flips=config.flips)
@@ -171,6 +202,9 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
 
     torch.manual_seed(config.seed)
     method = ckpt.build_method(_arch_meta(config))
+    init_report = None
+    if config.init_weights and state_meta is None:  # a resumed run has its own weights already
+        init_report = load_init_weights(method.backbone, config.init_weights).to_dict()
     if ranks.main:
         if overwrite and state_meta is None:
             for name in (ckpt.LAST, ckpt.BEST, "log.jsonl"):
@@ -205,12 +239,18 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         "train_config": dataclasses.asdict(config),
         "versions": ckpt.versions(),
     }
+    if init_report is not None:
+        meta["init_weights"] = init_report
+    elif state_meta is not None and "init_weights" in state_meta:
+        meta["init_weights"] = state_meta["init_weights"]
     history: list[dict] = []
     # Rank 0 alone writes checkpoints and the log, and validates; the others only compute gradients.
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
     best_val: EvalResult | None = None
     t0 = time.perf_counter() - elapsed
     episode = start_episode
+    if log is not None and init_report is not None:
+        log.write(json.dumps({"init_weights": init_report}) + "\n")
     try:
         if start_episode == 0 and config.pretrain_epochs > 0:
             _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain)
@@ -254,7 +294,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # while rank 0 was still writing and validating was seen to abort in gloo ("terminate called without an
     # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
     distributed.barrier(ranks)
-    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
+    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
 
 
 def _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain) -> None:
@@ -292,6 +332,8 @@ def _arch_meta(config: TrainConfig) -> dict:
 
 
 def _backbone_kwargs(config: TrainConfig) -> dict:
+    if ":" in config.backbone:  # a library's network (timm:NAME, torchvision:NAME): its own width and depth
+        return {"in_channels": config.spec().channels}
     kwargs = {"in_channels": config.spec().channels, "width": config.width}
     if config.depth != 4:  # only where it differs, so checkpoints of the default stay as they were
         kwargs["depth"] = config.depth

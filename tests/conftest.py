@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,21 @@ def pytest_configure(config) -> None:
     problem = native_build_problem()
     if problem is not None:
         raise pytest.UsageError(problem)
+
+
+# Under CI (CI=true, as .ci/run runs), a skip is a test that did not run: only these may skip there.
+CI_ALLOWED_SKIPS = ("CUDA", "GPU", "TensorRT")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI", "").lower() in ("1", "true") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(word in reason for word in CI_ALLOWED_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = f"skipped under CI, where only {', '.join(CI_ALLOWED_SKIPS)} tests may skip: {reason}"
 
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
