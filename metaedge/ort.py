@@ -8,6 +8,10 @@ import numpy as np
 
 from metaedge.errors import MetaedgeError
 
+# ONNX Runtime's intra-op threads spin for a while after each run: the lowest latency for a process alone, but CPU
+# burnt that the other processes of a server need (metaedge serve turns it off: metaedge/serve/app.py).
+ALLOW_SPINNING = True
+
 
 def available_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
     """The profile's providers this onnxruntime build offers, in the profile's order; CPU always last resort."""
@@ -25,6 +29,8 @@ def create_session(path: str | os.PathLike, providers: tuple[str, ...] | list[st
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0: ONNX Runtime picks one thread per physical core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not ALLOW_SPINNING:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=available_providers(providers))
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models

@@ -288,3 +288,25 @@ def test_without_keep_thumbnails_none_are_kept(tmp_path):
         assert c.post("/v1/classes", data={"label": "a"}, files=files(character(7)[:2])).status_code == 201
         assert c.get("/v1/classes").json()[0]["thumbnails"] == []
         assert c.get("/v1/info").json()["keep_thumbnails"] is False
+
+
+def test_connections_have_nagle_off_in_every_worker_mode(monkeypatch):
+    """uvicorn's --workers sockets kept Nagle on: 48 ms per kept-alive request (the delayed ACK), not 4 ms."""
+    import socket
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from metaedge.serve.server import NoDelayH11Protocol
+
+    monkeypatch.setattr(H11Protocol, "connection_made", lambda self, transport: None)  # uvicorn's own set-up
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name, default=None):
+            return {"socket": self.sock}.get(name, default)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        NoDelayH11Protocol.__new__(NoDelayH11Protocol).connection_made(Transport(sock))
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -6,7 +6,10 @@ import contextlib
 import os
 import tempfile
 
+import socket
+
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from metaedge.serve.app import CONFIG_ENV, ServeConfig
 from metaedge.serve.metrics import MULTIPROC_ENV
@@ -25,13 +28,29 @@ class Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol on a connection with Nagle's algorithm off.
+
+    asyncio turns Nagle off only on sockets whose `proto` reads IPPROTO_TCP; the listening socket uvicorn hands to
+    `--workers N` processes reads 0, so their connections kept it on, and a response written as headers then body
+    waited for the client's delayed ACK: 48 ms per request on a kept-alive connection (measured), against 1.5 ms
+    in one process.
+    """
+
+    def connection_made(self, transport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
 def run(app, config: ServeConfig, *, port: int, workers: int = 1, log_level: str = "info",
         ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
     """Serve `app` (made by create_app(config), so every check has passed) until SIGINT or SIGTERM; then let
     in-flight requests finish (up to 30 s) and return. With workers > 1 each worker builds its own app from
     `config` and `app` only served as the check."""
     options = {"host": config.host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30,
-               "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}  # fmt: skip
+               "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile, "http": NoDelayH11Protocol}  # fmt: skip
     if workers == 1:
         Server(uvicorn.Config(app, **options)).run()
         return
