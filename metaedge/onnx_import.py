@@ -10,7 +10,6 @@ so the device and every check see one D-vector per image.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -22,13 +21,21 @@ import numpy as np
 
 from metaedge import bundle as bundle_io
 from metaedge import kernels, onnx_clean, quantize
-from metaedge.data import EpisodeSampler, LoadedDataset, PreprocessSpec, open_dataset
+from metaedge.data import LoadedDataset, PreprocessSpec, open_dataset
 from metaedge.data.preprocess import PRESETS, preprocess_settings
 from metaedge.errors import MetaedgeError
-from metaedge.exporter import INPUT, OUTPUT, AdaptationDefaults, ExportError, ExportResult, check_onnx
+from metaedge.exporter import (
+    INPUT,
+    OUTPUT,
+    AdaptationDefaults,
+    ExportError,
+    ExportResult,
+    check_onnx,
+    write_verification,
+)
 from metaedge.open_set import SHOTS, CalibrationError, calibrate_curve
 from metaedge.ort import create_session, run_batched
-from metaedge.parity import TOLERANCES, ParityReport
+from metaedge.parity import ParityReport, compare_embeddings
 from metaedge.targets import get_target
 
 METRICS = ("cosine", "sqeuclidean")
@@ -123,34 +130,16 @@ def resolve_spec(preprocess: str, model) -> PreprocessSpec:
 def compare(reference: np.ndarray, candidate: np.ndarray, data: LoadedDataset, metric: str, *, backend: str,
             precision: str, episodes: int = 200, way: int = 5, shot: int = 1, query: int = 5,
             seed: int = 0) -> ParityReport:  # fmt: skip
-    """parity.check_parity for a graph without a PyTorch model: `candidate` (N, D) against `reference` (N, D),
-    embeddings of the same images, by element, by direction and by few-shot (prototype) decisions."""
-    diff = float(np.abs(reference - candidate).max())
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())
-    way = min(way, data.num_classes)
-    sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
-    agree = []
-    for ep in sampler.episodes(episodes):
-        picks = []
-        for z in (reference, candidate):
-            protos = kernels.prototypes(z[ep.support], ep.support_labels, way, normalize=metric == "cosine")
-            picks.append(kernels.logits(z[ep.query], protos, metric=metric, scale=1.0).argmax(1))
-        agree.append(float((picks[0] == picks[1]).mean()))
-    agreement = float(np.mean(agree))
-    tol = TOLERANCES[precision]
-    failures = []
-    if tol["max_abs_diff"] is not None and diff > tol["max_abs_diff"]:
-        failures.append(f"max abs difference {diff:.3g} > {tol['max_abs_diff']:.3g}")
-    if cosine < tol["min_cosine"]:
-        failures.append(f"min cosine similarity {cosine:.6f} < {tol['min_cosine']}")
-    if agreement < tol["min_agreement"]:
-        failures.append(f"few-shot prediction agreement {agreement:.4f} < {tol['min_agreement']}")
-    return ParityReport(
-        backend=backend, precision=precision, images=len(reference), max_abs_diff=diff, min_cosine=cosine,
-        episodes=episodes, way=way, shot=shot, query=query, agreement=agreement, tolerances=tol,
-        passed=not failures, failures=failures,
-    )  # fmt: skip
+    """parity's gate for a graph without a PyTorch model: `candidate` (N, D) against `reference` (N, D),
+    embeddings of the same images, the few-shot decisions made by prototypes as the runtime makes them."""
+
+    def decide(support_z, support_labels, query_z, way):
+        protos = kernels.prototypes(support_z, support_labels, way, normalize=metric == "cosine")
+        return kernels.logits(query_z, protos, metric=metric, scale=1.0).argmax(1)
+
+    return compare_embeddings(reference, candidate, data, decide, backend=backend, precision=precision,
+                              episodes=episodes, way=way, shot=shot, query=query, seed=seed,
+                              reference_name="the reference graph")  # fmt: skip
 
 
 def import_onnx(
@@ -233,12 +222,7 @@ def import_onnx(
                                    precision="int8", episodes=parity_episodes))  # fmt: skip
             embeddings = quantized
         timings["verify_s"] = time.perf_counter() - t
-        failed = [r for r in reports if not r.passed]
-        if failed and not force:
-            details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}" for r in failed)
-            raise ExportError(f"parity check failed, nothing written: {details} (--force writes it anyway)")
-        (tmp / "verify.json").write_text(json.dumps({"reports": [r.to_dict() for r in reports],
-                                                     "forced": bool(failed)}, indent=2) + "\n")  # fmt: skip
+        write_verification(reports, tmp / "verify.json", force)
         # Calibrated on what the device computes: the bundle graph's embeddings of the verification classes.
         try:
             # A small --verify-data still calibrates: strangers from half its classes at most, and the numbers of

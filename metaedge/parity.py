@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,9 +65,36 @@ def check_parity(
     Raises ParityError where the candidate's shape is not PyTorch's; every other difference is a failed report.
     """
     reference = embed_all(method, data, support=support)
+
+    def decide(support_z, support_labels, query_z, way):
+        return method.classify_embeddings(support_z, support_labels, query_z, way).argmax(1)
+
+    return compare_embeddings(reference, candidate, data, decide, backend=backend, precision=precision,
+                              episodes=episodes, way=way, shot=shot, query=query, seed=seed)  # fmt: skip
+
+
+def compare_embeddings(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    data: LoadedDataset,
+    decide: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
+    *,
+    backend: str,
+    precision: str = "fp32",
+    episodes: int = 200,
+    way: int = 5,
+    shot: int = 1,
+    query: int = 5,
+    seed: int = 0,
+    reference_name: str = "PyTorch",
+) -> ParityReport:
+    """The parity gate: `candidate` against `reference`, float32 (num_images, D) embeddings of `data`'s images,
+    by element, by direction, and by the few-shot decisions `decide(support (S, D), support_labels (S,),
+    queries (Q, D), way) -> predicted labels (Q,)` takes from each over seeded episodes.
+    """
     if candidate.shape != reference.shape:  # no tolerance or --force can make such a graph usable
         raise ParityError(f"{backend}: the exported graph gives embeddings of shape {candidate.shape}, "
-                          f"PyTorch {reference.shape}")  # fmt: skip
+                          f"{reference_name} {reference.shape}")  # fmt: skip
     finite = np.isfinite(candidate).all(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below, not warned about
         diff = float(np.abs(reference - candidate).max())
@@ -76,8 +104,8 @@ def check_parity(
     sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
     agree = []
     for ep in sampler.episodes(episodes):
-        a = method.classify_embeddings(reference[ep.support], ep.support_labels, reference[ep.query], way).argmax(1)
-        b = method.classify_embeddings(candidate[ep.support], ep.support_labels, candidate[ep.query], way).argmax(1)
+        a = decide(reference[ep.support], ep.support_labels, reference[ep.query], way)
+        b = decide(candidate[ep.support], ep.support_labels, candidate[ep.query], way)
         agree.append(float((a == b).mean()))
     agreement = float(np.mean(agree))
     tol = TOLERANCES[precision]
@@ -92,7 +120,7 @@ def check_parity(
     if not agreement >= tol["min_agreement"]:
         failures.append(f"few-shot prediction agreement {agreement:.4f} < {tol['min_agreement']}")
     return ParityReport(
-        backend=backend, precision=precision, images=len(data.pixels), max_abs_diff=diff, min_cosine=cosine,
+        backend=backend, precision=precision, images=len(reference), max_abs_diff=diff, min_cosine=cosine,
         episodes=episodes, way=way, shot=shot, query=query, agreement=agreement, tolerances=tol,
         passed=not failures, failures=failures,
     )  # fmt: skip

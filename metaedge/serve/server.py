@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-
 import socket
+import tempfile
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
