@@ -266,6 +266,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                 row = {"episode": done, "loss": stats.loss, "train_accuracy": stats.accuracy,
                        "seconds": time.perf_counter() - t0}  # fmt: skip
                 step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
+                result = None
                 if val_data is not None:
                     result = evaluate(
                         method, val_data, way=min(config.val_way, val_data.num_classes), shot=config.val_shot,
@@ -276,14 +277,9 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                     row["val_accuracy"], row["val_ci95"] = result.accuracy, result.ci95
                     if on_validate is not None:
                         on_validate(done, result)
-                    if result.accuracy > best_acc:
-                        best_acc, best_val = result.accuracy, result
-                        step_meta["val"] = result.to_dict()
-                        ckpt.save(run_dir / ckpt.BEST, method, {**step_meta, "best_val_accuracy": best_acc})
-                else:
-                    # Nothing to select on: the best checkpoint is simply the latest.
-                    ckpt.save(run_dir / ckpt.BEST, method, step_meta)
-                ckpt.save(run_dir / ckpt.LAST, method, {**step_meta, "best_val_accuracy": best_acc}, optimizer)
+                if save_step(run_dir, method, optimizer, step_meta, best_acc, result,
+                             result.accuracy if result else None):  # fmt: skip
+                    best_acc, best_val = result.accuracy, result
                 history.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -295,6 +291,25 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
     distributed.barrier(ranks)
     return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
+
+
+def save_step(run_dir: Path, method, optimizer, step_meta: dict, best: float, result=None,
+              score: float | None = None) -> bool:  # fmt: skip
+    """Rank 0's checkpoints at a validation step; True when `result` (validation `score`) is the new best.
+
+    best.safetensors: the new best, or simply the latest where there is nothing to select on (result None);
+    last.safetensors, with the optimizer state, always, recording the best score so far. Shared by the
+    classification and segmentation loops (train_segment.py).
+    """
+    improved = result is not None and score > best
+    if improved:
+        best = score
+        step_meta["val"] = result.to_dict()
+        ckpt.save(run_dir / ckpt.BEST, method, {**step_meta, "best_val_accuracy": best})
+    elif result is None:
+        ckpt.save(run_dir / ckpt.BEST, method, step_meta)
+    ckpt.save(run_dir / ckpt.LAST, method, {**step_meta, "best_val_accuracy": best}, optimizer)
+    return improved
 
 
 def _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain) -> None:

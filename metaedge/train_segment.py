@@ -54,7 +54,7 @@ def arch_meta(config) -> dict:
 
 def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_step, on_validate):
     """The body of metaedge.train.train for --task segment; returns its TrainResult."""
-    from metaedge.train import StepStats, TrainConfig, TrainResult, lr_at
+    from metaedge.train import StepStats, TrainConfig, TrainResult, lr_at, save_step
 
     start_episode, best_iou, elapsed, state_meta = 0, -1.0, 0.0, None
     if resume:
@@ -129,19 +129,15 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
                     continue
                 row = {"episode": done, "loss": loss, "train_iou": iou, "seconds": time.perf_counter() - t0}
                 step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
+                result = None
                 if val_glyphs is not None:
                     result = validate(method, val_glyphs, config, device)
                     method.train()
                     row["val_iou"], row["val_ci95"] = result.iou, result.iou_ci95
                     if on_validate is not None:
                         on_validate(done, result)
-                    if result.iou > best_iou:
-                        best_iou, best_val = result.iou, result
-                        step_meta["val"] = result.to_dict()
-                        ckpt.save(run_dir / ckpt.BEST, method, {**step_meta, "best_val_accuracy": best_iou})
-                else:
-                    ckpt.save(run_dir / ckpt.BEST, method, step_meta)
-                ckpt.save(run_dir / ckpt.LAST, method, {**step_meta, "best_val_accuracy": best_iou}, optimizer)
+                if save_step(run_dir, method, optimizer, step_meta, best_iou, result, result.iou if result else None):
+                    best_iou, best_val = result.iou, result
                 history.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
