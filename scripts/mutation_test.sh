@@ -62,7 +62,7 @@ report="$WORK/report.md"
   echo "# Mutation testing report"
   echo
   echo "mutmut $("$PYTHON" -c 'from importlib.metadata import version; print(version("mutmut"))'), $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$REPO" rev-parse --short HEAD)"
-  echo "$( [ -n "$(git -C "$REPO" status --porcelain)" ] && echo '(with uncommitted changes)'), $JOBS at a time"
+  echo "$( [ -n "$(git -C "$REPO" status --porcelain)" ] && echo '(with uncommitted changes), ')$JOBS at a time"
 } > "$report"
 
 args=("$@")
@@ -79,6 +79,9 @@ for arg in "${args[@]}"; do
   (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf -) \
     | tar -xf - -C "$dest"
   ln -s "$so" "$dest/metaedge/"
+  # The tests find the shared data beside the checkout (../shared/data): without it the parity and open-set
+  # tests skip, and mutmut finds no test for any mutant.
+  [ -d "$REPO/../shared" ] && [ ! -e "$WORK/shared" ] && ln -s "$(cd "$REPO/../shared" && pwd)" "$WORK/shared"
   [ -d "$installed/targets" ] && [ ! -e "$dest/metaedge/targets" ] && ln -s "$installed/targets" "$dest/metaedge/targets"
   {
     echo "[mutmut]"
