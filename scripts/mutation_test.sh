@@ -79,9 +79,10 @@ for arg in "${args[@]}"; do
   (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf -) \
     | tar -xf - -C "$dest"
   ln -s "$so" "$dest/metaedge/"
-  # The tests find the shared data beside the checkout (../shared/data): without it the parity and open-set
-  # tests skip, and mutmut finds no test for any mutant.
-  [ -d "$REPO/../shared" ] && [ ! -e "$WORK/shared" ] && ln -s "$(cd "$REPO/../shared" && pwd)" "$WORK/shared"
+  # The tests find the shared data beside the checkout (../shared/data), and mutmut runs them from its copy in
+  # $dest/mutants, so the data must appear at $dest/shared: without it the parity and open-set tests skip, and
+  # mutmut finds no test for any mutant.
+  [ -d "$REPO/../shared" ] && ln -s "$(cd "$REPO/../shared" && pwd)" "$dest/shared"
   [ -d "$installed/targets" ] && [ ! -e "$dest/metaedge/targets" ] && ln -s "$installed/targets" "$dest/metaedge/targets"
   {
     echo "[mutmut]"
