@@ -45,7 +45,6 @@ so="$("$PYTHON" -c 'import importlib.util as u; print(u.find_spec("metaedge._C")
   echo "metaedge is not installed (pip install -e .): its compiled kernels are needed" >&2
   exit 1
 }
-installed="$(dirname "$so")"
 
 mkdir -p "$WORK/site"
 # The editable install puts a finder ahead of sys.path that maps every metaedge module to the checkout, so the
@@ -83,7 +82,9 @@ for arg in "${args[@]}"; do
   # $dest/mutants, so the data must appear at $dest/shared: without it the parity and open-set tests skip, and
   # mutmut finds no test for any mutant.
   [ -d "$REPO/../shared" ] && ln -s "$(cd "$REPO/../shared" && pwd)" "$dest/shared"
-  [ -d "$installed/targets" ] && [ ! -e "$dest/metaedge/targets" ] && ln -s "$installed/targets" "$dest/metaedge/targets"
+  # The export target profiles, where an installed wheel has them (metaedge/targets): as files, because mutmut's
+  # copy of the package (mutants/) leaves out linked folders, and the checkout's export/ is not copied at all.
+  mkdir -p "$dest/metaedge/targets" && cp "$dest"/export/*.json "$dest/metaedge/targets/"
   {
     echo "[mutmut]"
     echo "source_paths=metaedge"
