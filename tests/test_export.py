@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import onnx
@@ -29,10 +28,7 @@ def run_dir(tiny_run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
-    t0 = time.perf_counter()
-    result = export_checkpoint(run_dir, tmp_path_factory.mktemp("export") / "bundle", parity_episodes=50)
-    result.wall = time.perf_counter() - t0
-    return result
+    return export_checkpoint(run_dir, tmp_path_factory.mktemp("export") / "bundle", parity_episodes=50)
 
 
 def test_bundle_contents_and_manifest(exported, run_dir):
@@ -47,12 +43,16 @@ def test_bundle_contents_and_manifest(exported, run_dir):
     assert m["training"]["split"]["test"] == m["verification"]["groups"]
     assert {"metaedge", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert m["adaptation"]["head_init"] == "prototypes" and m["adaptation"]["learned"] is False
-    # the open-set threshold accepts 95% of enrolled-class queries by construction, and must reject some strangers
-    assert m["open_set"]["known_accept_rate"] == pytest.approx(0.95, abs=0.01)
-    assert 0.0 < m["open_set"]["unknown_reject_rate"] <= 1.0 and -1.0 <= m["open_set"]["threshold"] <= 1.0
+    # The open-set curve has one calibrated threshold per number of shots. The rates it records are tested against
+    # real held-out queries in test_open_set.py; here: even this tiny model (30 episodes) ranks strangers below
+    # enrolled classes better than chance at every number of shots (AUROC about 0.53, some 4 standard errors
+    # above 0.5 over 10,000 known and 2,500 stranger queries: an inverted or random score fails), and rejects some.
+    curve = m["open_set"]["curve"]
+    assert [e["shots"] for e in curve] == sorted({e["shots"] for e in curve}) and curve[0]["shots"] == 1
+    assert all(e["auroc"] > 0.5 and e["unknown_reject_rate"] > 0.0 for e in curve), curve
+    assert -1.0 <= m["open_set"]["threshold"] <= 1.0
     report = json.loads((b.path / "verify.json").read_text())["reports"][0]
     assert report["passed"] and report["precision"] == "fp32" and report["agreement"] >= 0.995
-    assert exported.wall < 60  # seconds, not minutes
 
 
 def test_int8_graph_for_cpu_targets_is_calibrated_verified_and_its_own_model(exported, run_dir, tmp_path):
