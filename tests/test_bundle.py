@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -49,8 +51,11 @@ def test_no_manifest_or_not_json_or_not_ours(copy, tmp_path):
         bundle_io.load(copy)
 
 
-@pytest.mark.parametrize("version, message", [("1", "not an integer"), (None, "missing or not an integer"),
-                                              (bundle_io.SCHEMA_VERSION + 1, "newer than this metaedge reads")])  # fmt: skip
+@pytest.mark.parametrize(
+    "version, message",
+    [("1", "not an integer"), (None, "missing or not an integer"),
+     (bundle_io.SCHEMA_VERSION + 1, "newer than this metaedge reads")],
+)  # fmt: skip
 def test_schema_version(copy, version, message):
     manifest = manifest_of(copy)
     manifest["schema_version"] = version
@@ -125,3 +130,52 @@ def test_update_manifest_changes_only_what_it_may(copy):
         with pytest.raises(bundle_io.BundleError, match="cannot be updated in place"):
             bundle_io.update_manifest(copy, {key: {}})
     assert [p.name for p in copy.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_schema_violation_names_where_it_is(copy):
+    manifest = manifest_of(copy)
+    manifest["metric"]["scale"] = "1.0"
+    resign(copy, manifest)
+    with pytest.raises(bundle_io.BundleError, match=r"manifest.json: metric/scale: '1.0' is not of type 'number'$"):
+        bundle_io.load(copy)
+    manifest["metric"]["scale"], manifest["embedding_dim"] = 1.0, 0  # a top-level key is named as itself
+    resign(copy, manifest)
+    with pytest.raises(bundle_io.BundleError, match=r"manifest.json: embedding_dim: 0 is less than the minimum of 1$"):
+        bundle_io.load(copy)
+    manifest["embedding_dim"] = 576
+    del manifest["metric"]["scale"]  # a missing key is reported where it is missing from: the whole manifest's level
+    resign(copy, manifest)
+    with pytest.raises(bundle_io.BundleError, match=r"manifest.json: metric: 'scale' is a required property$"):
+        bundle_io.load(copy)
+
+
+def test_write_stamps_the_format_and_is_readable_by_others(copy, tmp_path):
+    """What the exporter hands over has no format, schema or files: write adds them, in a folder others may read."""
+    manifest = {k: v for k, v in manifest_of(copy).items() if k not in ("format", "schema_version", "files", "digest")}
+    out = tmp_path / "new" / "dir" / "bundle"  # parents made
+    umask = os.umask(0o027)
+    try:
+        written = bundle_io.write(out, manifest, {"backbone.onnx": copy / "backbone.onnx"})
+    finally:
+        os.umask(umask)
+    assert written.manifest["format"] == bundle_io.FORMAT
+    assert written.manifest["schema_version"] == bundle_io.SCHEMA_VERSION
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # mkdtemp's 0o700 widened to what the umask allows
+    # indented for a person reading it on the device, and exactly what was hashed
+    assert (out / bundle_io.MANIFEST).read_text() == json.dumps(written.manifest, indent=2) + "\n"
+
+
+def test_overwrite_replaces_the_whole_bundle(copy, tmp_path):
+    manifest = {k: v for k, v in manifest_of(copy).items() if k not in ("files", "digest")}
+    out = tmp_path / "out"
+    bundle_io.write(out, manifest, {name: copy / name for name in ("backbone.onnx", "verify.json")})
+    bundle_io.write(out, manifest, {"backbone.onnx": copy / "backbone.onnx"}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.onnx", "manifest.json"]  # no stale verify.json
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_update_manifest_keeps_the_manifest_readable_as_it_was(copy):
+    (copy / bundle_io.MANIFEST).chmod(0o640)
+    updated = bundle_io.update_manifest(copy, {"open_set": {"threshold": -1.5}})
+    assert stat.S_IMODE((copy / bundle_io.MANIFEST).stat().st_mode) == 0o640  # mkstemp's 0o600 is not kept
+    assert (copy / bundle_io.MANIFEST).read_text() == json.dumps(updated.manifest, indent=2) + "\n"
