@@ -103,7 +103,9 @@ for arg in "${args[@]}"; do
   echo "== $module: mutating metaedge/$module.py against ${MUTATION_TESTS:-${TESTS[$module]}} ${glob:+(mutants matching $glob)}"
   start=$SECONDS
   status=0
-  (cd "$dest" && PYTHONPATH="$WORK/site" nice -n 10 mutmut run --max-children "$JOBS" ${glob:+"metaedge.$module.$glob"}) \
+  # mutmut forks each mutant's test run from a process that has already run torch: a forked child deadlocks in
+  # torch's OpenMP thread pool (idle on a futex in the first training step), so one intra-op thread throughout.
+  (cd "$dest" && PYTHONPATH="$WORK/site" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 mutmut run --max-children "$JOBS" ${glob:+"metaedge.$module.$glob"}) \
     > "$WORK/$module.log" 2>&1 || status=$?
   elapsed=$((SECONDS - start))
   tail -n 3 "$WORK/$module.log" | tr '\r' '\n' | tail -n 2
