@@ -20,24 +20,23 @@ WORK="${MUTATION_WORKDIR:-/tmp/metaedge-mutation}"
 JOBS="${MUTATION_JOBS:-2}"
 PYTHON="${PYTHON:-python}"
 
-# module -> the test files that cover it. Tests marked slow (SIGKILL of a writer, 40 power cuts) are left out:
-# they would run for every mutant of a function they touch; the quick tests catch what they catch (see the doc).
+# module -> the test files that cover it. Tests marked slow (SIGKILL of a writer, 40 power cuts, anything that
+# trains and exports a model) are left out: they would run for every mutant of a function they touch, a minute
+# or more each on 2 cores; the quick tests catch what they catch (docs/mutation.md lists what that leaves).
 declare -A TESTS=(
   [gallery]="tests/test_gallery.py tests/test_power_loss.py"
   [bundle]="tests/test_bundle.py tests/test_fuzz.py"
-  [parity]="tests/test_parity_gates.py"
-  [quantize]="tests/test_parity_gates.py"
+  [parity]="tests/test_parity_compare.py tests/test_parity_gates.py"
+  [quantize]="tests/test_quantize.py tests/test_parity_gates.py"
   [open_set]="tests/test_open_set.py"
 )
-# extra pytest arguments for every run of that module's tests
+# extra pytest arguments for every run of that module's tests; -x: the first failure is all a mutant needs
 declare -A EXTRA=(
   [gallery]="-m|not slow"
   [bundle]="-m|not slow|-k|bundle"  # tampered copies of the shipped bundle and the fuzzed manifests (milliseconds)
-  # Their tests are all marked slow (they export a tiny model once per module): run them, stopping at the first
-  # failure, which is all a mutant needs.
-  [parity]="-x"
-  [quantize]="-x"
-  [open_set]="-x"
+  [parity]="-m|not slow|-x"
+  [quantize]="-m|not slow|-x"
+  [open_set]="-m|not slow|-x"
 )
 
 command -v mutmut >/dev/null || { echo "mutmut not found: pip install -e '.[test]'" >&2; exit 1; }

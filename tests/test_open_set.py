@@ -39,7 +39,6 @@ from metaedge.open_set import (
 from metaedge.ort import create_session, run_batched
 from metaedge.runtime import REFERENCE_BUNDLE, Runtime
 
-pytestmark = pytest.mark.slow
 CALIBRATION_DRAWERS = list(range(1, 11))  # what `metaedge calibrate metaedge/reference/bundle --drawers 1-10` reads
 TEST_DRAWERS = list(range(11, 21))
 ENROLLED, STRANGERS, WAY = "Greek", "Korean", 20
@@ -201,6 +200,7 @@ def test_calibrate_curve_sets_each_threshold_at_its_accept_rate():
         calibrate_curve(z, data, "sqeuclidean", shots=(8,), query=3)  # 8 drawers cannot give 8 shots + queries
 
 
+@pytest.mark.slow
 def test_export_calibrates_on_the_validation_groups_not_the_test_groups(tiny_bundle):
     manifest = bundle_io.load(tiny_bundle).manifest
     open_set, split = manifest["open_set"], manifest["training"]["split"]
@@ -225,6 +225,7 @@ def test_the_shipped_bundle_is_calibrated_per_number_of_shots():
     assert all(0.5 < e["auroc"] <= 1.0 and e["known_accept_se"] > 0 for e in curve)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shot", [1, 5])
 def test_unseen_drawers_are_accepted_and_strangers_rejected_at_the_recorded_rates(heldout, shot):
     m, e = heldout.measured[shot], heldout.entry(shot)
@@ -238,6 +239,7 @@ def test_unseen_drawers_are_accepted_and_strangers_rejected_at_the_recorded_rate
 
 
 # -- the runtime applies them ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("shot", [1, 5])
 def test_classify_uses_the_threshold_for_the_shots_of_each_class(heldout, shot):
     classes, support, genuine, strangers = heldout.episode(shot, seed=shot)
@@ -262,6 +264,7 @@ def test_classify_uses_the_threshold_for_the_shots_of_each_class(heldout, shot):
         assert [p.unknown for p in rt.classify(few, threshold=-2.5)] == [p.score < -2.5 for p in rt.classify(few)]
 
 
+@pytest.mark.slow
 def test_cli_enroll_and_classify_json_at_one_shot_then_five(heldout, tmp_path):
     runner = CliRunner()
     common = ["--bundle", str(REFERENCE_BUNDLE), "--store", str(tmp_path / "g.db")]
@@ -322,6 +325,7 @@ def test_a_bundle_from_before_curves_keeps_its_single_threshold(tmp_path):
 
 
 # -- recalibrating a bundle without its checkpoint --------------------------------------------------------------
+@pytest.mark.slow
 def test_recalibrate_a_bundle_rewrites_only_its_open_set(heldout, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(REFERENCE_BUNDLE, copy)
