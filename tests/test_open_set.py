@@ -145,6 +145,8 @@ def test_jackknife_counts_people_not_scores():
 def test_threshold_for_a_number_of_shots():
     curve = {"threshold": -2.0, "curve": [{"shots": s, "threshold": t} for s, t in ((5, -2.0), (1, -3.5), (2, -2.7))]}
     assert [threshold_for(curve, s) for s in (1, 2, 3, 4, 5, 6, 50)] == [-3.5, -2.7, -2.7, -2.7, -2.0, -2.0, -2.0]
+    from_two = {"curve": [{"shots": 5, "threshold": -2.0}, {"shots": 2, "threshold": -2.7}]}
+    assert threshold_for(from_two, 1) == -2.7  # fewer shots than calibrated: the smallest entry, not the largest
     assert threshold_for({"threshold": 0.4, "known_accept_rate": 0.95}, 1) == 0.4  # a bundle from before curves
     assert threshold_for(None, 1) is None and threshold_for({}, 3) is None
     assert parse_drawers("1-3, 7,9-10") == [1, 2, 3, 7, 9, 10]
@@ -198,6 +200,29 @@ def test_calibrate_curve_sets_each_threshold_at_its_accept_rate():
     assert shifted["threshold"] < one["threshold"] - 1.0
     with pytest.raises(CalibrationError, match="needs a group"):
         calibrate_curve(z, data, "sqeuclidean", shots=(8,), query=3)  # 8 drawers cannot give 8 shots + queries
+
+
+def test_one_small_group_lends_its_own_classes_as_strangers():
+    """CIFAR's 4 held-out classes, or one user folder: one group, so strangers are the episode's other classes."""
+    z, data = _synthetic(groups=1, classes=6)
+    open_set = calibrate_curve(z, data, "sqeuclidean", shots=(1,), way=8, query=3, strangers=5, episodes=30)
+    entry = open_set["curve"][0]
+    # six classes: at least two enrolled, up to five strangers, so four strangers and two enrolled per episode
+    assert open_set["protocol"].startswith("2-way within one group,")
+    assert "strangers: 4 other classes of the group x 3 images" in open_set["protocol"]
+    assert (entry["known_queries"], entry["stranger_queries"]) == (30 * 2 * 3, 30 * 4 * 3)
+    assert 0.5 < entry["auroc"] <= 1.0 and 0.9 <= entry["known_accept_rate"] <= 1.0
+    fewer = calibrate_curve(z, data, "sqeuclidean", shots=(1,), way=8, query=3, strangers=2, episodes=30)
+    assert fewer["protocol"].startswith("4-way") and "strangers: 2 other" in fewer["protocol"]  # more enrolled
+    # two classes cannot give two enrolled and a stranger
+    z2, two = _synthetic(groups=1, classes=2)
+    with pytest.raises(CalibrationError, match=r"^1-shot calibration needs a group with 2 classes of 4 images "
+                                               r"\(by 2 drawers\) plus 1 stranger classes; usable classes per "
+                                               r"group: \{'g0': 2\}$"):  # fmt: skip
+        calibrate_curve(z2, two, "sqeuclidean", shots=(1,), query=3)
+    # Classes with too few drawers for the shots are not counted as usable
+    with pytest.raises(CalibrationError, match=r"usable classes per group: none$"):
+        calibrate_curve(z, data, "sqeuclidean", shots=(8,), query=0)
 
 
 @pytest.mark.slow

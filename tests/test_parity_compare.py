@@ -8,6 +8,8 @@ shape refusals, and what the report records. Mutation testing of metaedge/parity
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,17 @@ def test_min_cosine_fails_alone_when_only_a_direction_changes():
     assert cos >= tol and compare(tilted, precision="int8").passed
 
 
+def test_min_cosine_is_met_at_its_bound():
+    z = np.zeros((CLASSES * PER_CLASS, 2))  # float64, each class a magnitude along one axis
+    z[:, 0] = 1.0 + np.arange(CLASSES).repeat(PER_CLASS)
+    for precision in ("int8", "fp16"):
+        bound = TOLERANCES[precision]["min_cosine"]
+        turned = z.copy()
+        turned[0] = [bound, np.sqrt(1 - bound**2)]  # row 0 has length 1: its cosine is exactly the bound
+        r = compare(turned, reference=z, precision=precision)
+        assert r.min_cosine == bound and r.passed, (precision, r.failures)
+
+
 def test_agreement_fails_alone_when_decisions_change_but_directions_do_not():
     # Classes differ only in a small component beside a large shared one. Moving half of each class's images one
     # class along that component keeps every cosine above 0.9999, and an episode whose support and query come
@@ -119,7 +132,9 @@ def test_non_finite_rows_fail_and_are_counted(value):
     bad = z.copy()
     bad[3, 2] = value
     bad[7] = value
-    r = compare(bad, precision="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported in the report, not warned about on the way
+        r = compare(bad, precision="int8")
     assert not r.passed and r.failures[0] == "2 of 48 embeddings not finite (NaN or inf)"
     assert any(f.startswith("min cosine similarity") for f in r.failures)  # a NaN never meets a bound
 
@@ -132,6 +147,16 @@ def test_another_shape_is_an_error_naming_both():
                            reference_name="the bundle")  # fmt: skip
     with pytest.raises(ParityError, match=r"PyTorch \(48, 4\)"):
         compare(z[:47])
+
+
+def test_defaults_are_the_exporters_protocol():
+    """Exporters call with the defaults: fp32, 200 five-way one-shot episodes of five queries, seed 0."""
+    z = embeddings()
+    noisy = z + np.random.default_rng(1).normal(scale=2.0, size=z.shape).astype(np.float32)
+    r = compare_embeddings(z, noisy, dataset(), nearest_prototype, backend="onnxruntime")
+    assert (r.precision, r.episodes, r.way, r.shot, r.query) == ("fp32", 200, 5, 1, 5)
+    assert r.tolerances == TOLERANCES["fp32"]
+    assert r.agreement == compare(noisy, episodes=200, way=5, shot=1, query=5, seed=0).agreement
 
 
 def test_episodes_are_seeded():
