@@ -86,7 +86,10 @@ def _check_sources(sources: Sequence[str | None] | None, rows: int, *, gaps: boo
     """One source (or None) per embedding; `gaps`: single entries may be None, as exports of unnamed shots hold."""
     if sources is None:
         return [None] * rows
-    if isinstance(sources, str) or not all(isinstance(s, str) or (gaps and s is None) for s in sources):
+    # A string is iterable but not a list of sources; a number (an imported file's "sources": 5) is not iterable.
+    if isinstance(sources, str) or not isinstance(sources, Sequence) or not all(
+        isinstance(s, str) or (gaps and s is None) for s in sources
+    ):
         raise GalleryError("sources must be a sequence of strings, one per embedding")
     if len(sources) != rows:
         raise GalleryError(f"got {len(sources)} sources for {rows} embeddings; give one per embedding or none")

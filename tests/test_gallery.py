@@ -751,6 +751,8 @@ TAMPERED = {
     "duplicate label": lambda doc: doc["classes"][1].update(label="a"),
     "missing timestamp": lambda doc: doc["classes"][1].pop("created"),
     "sources count": lambda doc: doc["classes"][0].update(sources=["one.png"]),
+    "sources a number": lambda doc: doc["classes"][0].update(sources=5),  # was a TypeError, a 500 through HTTP
+    "sources an object": lambda doc: doc["classes"][0].update(sources={"a": 1}),
     "data not a string": lambda doc: doc["classes"][0]["embeddings"].update(data=12),
     "float64 dtype": lambda doc: doc["classes"][0]["embeddings"].update(dtype="<f8"),
     "boolean shape": lambda doc: doc["classes"][0]["embeddings"].update(shape=[True, DIM]),
