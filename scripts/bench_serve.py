@@ -118,18 +118,36 @@ def group_cpu_s(pgid: int) -> float:
 
 def latency(port: int, store: Path, image: bytes, n: int, pgid: int) -> dict:
     """Classify one image n times each way: in this process through metaedge.Runtime (the floor HTTP adds to), and
-    one request at a time on a kept-alive connection, as multipart and as a raw body. The three run in interleaved
-    blocks of 20, so a machine whose load drifts during the run shifts all three alike. Beside wall time, CPU time
-    per call (server processes + this client for HTTP), which a busy machine inflates less."""
-    import metaedge
+    one request at a time on a kept-alive connection, as multipart and as a raw body. The ways run in interleaved
+    blocks of 20, so a machine whose load drifts during the run shifts all of them alike. Beside wall time, CPU time
+    per call (server processes + this client for HTTP), which a busy machine inflates less.
 
+    The floor is measured twice: on this (the caller's) thread, and on a thread of its own that sleeps between
+    calls, as the server's runtime thread does. On an idle machine the two agree; on a loaded one the kernel lets
+    a thread that wakes from sleep cut in ahead of running work, so the caller's busy thread runs classify several
+    times slower than the server's sleeping one (measured at load average 10: 10.7 against 2.3 ms), and HTTP would
+    look faster than no HTTP at all.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import metaedge
+    from metaedge import ort
+
+    # The same ONNX Runtime settings as the server's runtime (metaedge/serve/app.py), so the difference between
+    # the figures is HTTP and nothing else.
+    ort.ALLOW_SPINNING = False
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     body, ctype = multipart({}, [("q.png", image)])
     bodies = {"multipart": (body, ctype), "raw": (image, "image/png")}
-    ms: dict[str, list[float]] = {"in_process": [], "multipart": [], "raw": []}
-    cpu = dict.fromkeys(ms, 0.0)
+    floors = ("in_process", "in_process_thread")
+    ms: dict[str, list[float]] = {name: [] for name in (*floors, "multipart", "raw")}
+    paired = {(http_, floor): [] for http_ in bodies for floor in floors}  # per block: HTTP's median - floor's
+    cpu, server_cpu = dict.fromkeys(ms, 0.0), dict.fromkeys(bodies, 0.0)
+    thread = ThreadPoolExecutor(max_workers=1)
     with metaedge.Runtime(None, store, readonly=True) as rt:
-        calls = {"in_process": lambda: rt.classify([image])}
+        own = thread.submit(metaedge.Runtime, None, store, readonly=True).result()  # its gallery is that thread's
+        calls = {"in_process": lambda: rt.classify([image]),
+                 "in_process_thread": lambda: thread.submit(own.classify, [image]).result()}  # fmt: skip
         for name, (b, t) in bodies.items():
             calls[name] = lambda b=b, t=t: request(port, "POST", "/v1/classify", b, t, conn)
         for call in calls.values():  # warm: sessions, caches, the connection
@@ -137,14 +155,29 @@ def latency(port: int, store: Path, image: bytes, n: int, pgid: int) -> dict:
                 call()
         for _ in range(max(1, n // 20)):
             for name, call in calls.items():
-                cpu0, server0 = time.process_time(), group_cpu_s(pgid) if name != "in_process" else 0.0
+                cpu0, server0 = time.process_time(), group_cpu_s(pgid) if name not in floors else 0.0
                 for _ in range(20):
                     t0 = time.perf_counter()
                     call()
                     ms[name].append(1e3 * (time.perf_counter() - t0))
-                cpu[name] += time.process_time() - cpu0 + (group_cpu_s(pgid) - server0 if name != "in_process" else 0)
+                if name in floors:
+                    cpu[name] += time.process_time() - cpu0
+                else:
+                    server_cpu[name] += group_cpu_s(pgid) - server0
+                    cpu[name] += time.process_time() - cpu0 + group_cpu_s(pgid) - server0
+            for http_, floor in paired:
+                paired[http_, floor].append(float(np.median(ms[http_][-20:])) - float(np.median(ms[floor][-20:])))
+        thread.submit(own.close).result()
+    thread.shutdown()
     conn.close()
-    return {name: {**percentiles(v), "cpu_ms_per_request": 1e3 * cpu[name] / len(v)} for name, v in ms.items()}
+    out = {name: {**percentiles(v), "cpu_ms_per_request": 1e3 * cpu[name] / len(v)} for name, v in ms.items()}
+    for name, seconds in server_cpu.items():  # the device's share: what the client spends is not the server's
+        out[name]["server_cpu_ms_per_request"] = 1e3 * seconds / len(ms[name])
+    for (http_, floor), diffs in paired.items():
+        # Each block's medians were taken within a few hundred ms of each other, so a load that drifts over the
+        # run (a shared machine) moves both sides of each difference alike.
+        out[http_][f"overhead_paired_p50_ms_vs_{floor}"] = float(np.median(diffs))
+    return out
 
 
 def run_load(port: int, *, clients: int, requests: int, deadline_s: float, seed: int = 0) -> dict:
@@ -227,14 +260,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="metaedge-bench-serve-") as tmp:
         store = Path(tmp) / "gallery.db"
         proc, port = start_server(store, workers=args.workers)
+        figures: dict = {}
         try:
             for n in range(1, 11):  # ten classes to classify against
                 status, body = request(port, "POST", "/v1/classes", *multipart({"label": f"c{n}"}, [
                     (f"{k}.png", d) for k, d in enumerate(character(n)[:5])]))  # fmt: skip
                 assert status == 201, body
             query = character(3)[12]
+            figures["load_average_before"] = os.getloadavg()[0]
             measured = latency(port, store, query, args.latency_n, proc.pid)
-            figures = {"in_process_ms": measured.pop("in_process"), "http_ms": measured}
+            figures.update(in_process_ms=measured.pop("in_process"), in_process_thread_ms=measured.pop(
+                "in_process_thread"), http_ms=measured)  # fmt: skip
             figures["http_overhead_p50_ms"] = {k: v["p50"] - figures["in_process_ms"]["p50"]
                                                for k, v in figures["http_ms"].items()}  # fmt: skip
             figures["load"] = run_load(port, clients=args.clients, requests=args.requests, deadline_s=args.deadline)
@@ -247,13 +283,18 @@ def main() -> None:
         return
     load = figures["load"]
     inproc = figures["in_process_ms"]
+    own = figures["in_process_thread_ms"]
     print(f"classify one image, in process:     p50 {inproc['p50']:.2f} ms  p99 {inproc['p99']:.2f} ms  "
-          f"CPU {inproc['cpu_ms_per_request']:.2f} ms")
+          f"CPU {inproc['cpu_ms_per_request']:.2f} ms  (on its own thread: p50 {own['p50']:.2f} ms)")
     for k, v in figures["http_ms"].items():
         print(f"classify one image, HTTP {k:9s}: p50 {v['p50']:.2f} ms  p99 {v['p99']:.2f} ms  "
-              f"CPU {v['cpu_ms_per_request']:.2f} ms  (HTTP adds {figures['http_overhead_p50_ms'][k]:.2f} ms at p50, "
-              f"{v['cpu_ms_per_request'] - inproc['cpu_ms_per_request']:.2f} ms of CPU)")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+              f"CPU {v['cpu_ms_per_request']:.2f} ms (server {v['server_cpu_ms_per_request']:.2f}, client the rest)")
+        print(f"  HTTP adds {figures['http_overhead_p50_ms'][k]:.2f} ms at p50; as the median of paired block "
+              f"medians {v['overhead_paired_p50_ms_vs_in_process']:.2f} ms (in process on its own thread: "
+              f"{v['overhead_paired_p50_ms_vs_in_process_thread']:.2f} ms); "
+              f"{v['cpu_ms_per_request'] - inproc['cpu_ms_per_request']:.2f} ms of CPU")
+    print(f"machine: {os.cpu_count()} CPUs, load average {figures['load_average_before']:.1f} before the latency "
+          f"run, {os.getloadavg()[0]:.1f} at the end")
     print(f"load: {load['requests_done']}/{load['requests_planned']} requests from {load['clients']} clients against "
           f"--workers {args.workers} in {load['seconds']:.1f} s: {load['requests_per_s']:.0f} req/s, "
           f"{load['count_5xx']} 5xx, {len(load['transport_errors'])} transport errors")

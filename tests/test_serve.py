@@ -117,6 +117,47 @@ def test_the_page_is_served_from_the_package_with_a_strict_policy(client):
     assert client.get("/../pyproject.toml").status_code == 404 and client.get("/static/app.js").status_code == 404
 
 
+def test_docs_and_everything_it_loads_come_from_the_service(client):
+    """FastAPI's own /docs makes the browser load Swagger UI from a CDN; the device's serves every file itself."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle(" in page.text
+    assert not re.search(r"(https?:)?//", page.text.replace("<!DOCTYPE html>", "")), "a URL to another host"
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "http" not in policy and "*" not in policy
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert sorted(referenced) == ["/docs/favicon.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css",
+                                  "/openapi.json"]  # fmt: skip
+    for url in referenced:
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 500, url
+    assert client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]
+    assert "validatorUrl" in page.text  # Swagger UI's default asks validator.swagger.io about the spec
+    for other in ("/docs/../pyproject.toml", "/docs/core.py", "/docs/..%2F__init__.py", "/redoc"):
+        assert client.get(other).status_code == 404, other
+
+
+def test_classify_and_locate_requests_run_nothing_on_worker_threads(client, monkeypatch):
+    """A plain `def` dependency (the API-key check was one) costs a thread hand-off per request: the hot routes run
+    on the event loop, then on the runtime's own thread, and nowhere else."""
+    import anyio.to_thread
+
+    handed = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(fn, *args, **kwargs):
+        handed.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    image = character(3)[12].read_bytes()
+    assert client.post("/v1/classify?top_k=2", content=image, headers={"Content-Type": "image/png"}).status_code == 200
+    assert client.post("/v1/classify", files=files(character(3)[12:13])).status_code == 200
+    assert client.post("/v1/locate", content=image, headers={"Content-Type": "image/png"}).status_code == 409
+    assert handed == []
+
+
 def _bomb() -> bytes:
     buf = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buf, format="PNG")  # 400 megapixels in a few KB
@@ -290,15 +331,21 @@ def test_without_keep_thumbnails_none_are_kept(tmp_path):
         assert c.get("/v1/info").json()["keep_thumbnails"] is False
 
 
-def test_connections_have_nagle_off_in_every_worker_mode(monkeypatch):
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_connections_have_nagle_off_in_every_worker_mode(monkeypatch, parser):
     """uvicorn's --workers sockets kept Nagle on: 48 ms per kept-alive request (the delayed ACK), not 4 ms."""
     import socket
 
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from metaedge.serve import server
 
-    from metaedge.serve.server import NoDelayH11Protocol
-
-    monkeypatch.setattr(H11Protocol, "connection_made", lambda self, transport: None)  # uvicorn's own set-up
+    if parser == "httptools":
+        pytest.importorskip("httptools", reason="uvicorn's C parser is not installed; the service uses h11")
+        protocol = server.HTTP_PROTOCOL  # what `metaedge serve` runs where httptools is installed
+        assert protocol is server.NoDelayHttpToolsProtocol
+    else:
+        protocol = server.NoDelayH11Protocol
+    uvicorn_protocol = protocol.__mro__[2]  # after _NoDelay: uvicorn's own class
+    monkeypatch.setattr(uvicorn_protocol, "connection_made", lambda self, transport: None)  # uvicorn's own set-up
 
     class Transport:
         def __init__(self, sock):
@@ -308,5 +355,5 @@ def test_connections_have_nagle_off_in_every_worker_mode(monkeypatch):
             return {"socket": self.sock}.get(name, default)
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        NoDelayH11Protocol.__new__(NoDelayH11Protocol).connection_made(Transport(sock))
+        protocol.__new__(protocol).connection_made(Transport(sock))
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -95,7 +95,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         worker.close()  # after uvicorn has let in-flight requests finish
 
     about = "Few-shot image recognition on the device: enroll classes from a few images, classify."
-    app = FastAPI(title="metaedge", version=metaedge.__version__, lifespan=lifespan, description=about)
+    # docs_url/redoc_url None: FastAPI's own pages load their viewers from a CDN; routes.docs serves Swagger UI
+    # from this process instead (ReDoc is not offered: one API viewer is enough).
+    app = FastAPI(title="metaedge", version=metaedge.__version__, lifespan=lifespan, description=about,
+                  docs_url=None, redoc_url=None)  # fmt: skip
     app.state.config, app.state.api_key, app.state.worker = config, key, worker
     app.state.metrics = Metrics()
     errors.install(app)

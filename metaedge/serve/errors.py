@@ -36,9 +36,12 @@ def status_of(error: MetaedgeError) -> int:
     """The HTTP status for one of metaedge's errors."""
     from metaedge.bundle import BundleError
     from metaedge.gallery import GalleryError
+    from metaedge.locate import TaskError
 
     if isinstance(error, ServeError):
         return error.status
+    if isinstance(error, TaskError):  # classify on a localisation bundle, or locate on a classification one
+        return 409
     if isinstance(error, GalleryError):
         text = str(error)
         return next((status for needle, status in _GALLERY_STATUS if needle in text), 422)
@@ -60,8 +63,9 @@ async def _metaedge_error(request: Request, error: MetaedgeError) -> JSONRespons
     headers = {"Retry-After": "1"} if status == 503 else None
     message = str(error)
     store = request.app.state.config.store
-    if store:  # where the device keeps its gallery is none of a client's business
+    if store:  # where the device keeps its gallery and its bundle is none of a client's business
         message = message.replace(store, "the gallery")
+    message = message.replace(str(request.app.state.worker.runtime.bundle.path), "the bundle")
     return JSONResponse(error_body(message, **extra), status_code=status, headers=headers)
 
 

@@ -10,11 +10,13 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from metaedge.errors import DataError
 from metaedge.gallery import GalleryError
 from metaedge.images import describe, thumbnail
+from metaedge.locate import bundle_task, require_task
 from metaedge.runtime import Runtime
 from metaedge.serve.errors import ServeError
 from metaedge.serve.security import require_key
@@ -85,6 +87,33 @@ def page_style() -> Response:
     return Response(_static("style.css"), media_type=_STATIC["style.css"], headers={"Cache-Control": "no-cache"})
 
 
+# -- the API's own page (/docs), every file of it from this process --------------------------------------------
+
+# Swagger UI's files as the fastapi-offline package ships them (swagger-ui-dist 5, Apache-2.0): FastAPI's own /docs
+# makes the browser fetch them from a CDN, which a device on a closed network cannot reach and should not trust.
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+
+@plain.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}", title="metaedge API", oauth2_redirect_url=None,
+        swagger_js_url=f"{root}/docs/swagger-ui-bundle.js", swagger_css_url=f"{root}/docs/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/favicon.png",
+        # validatorUrl: Swagger UI would otherwise ask validator.swagger.io about the spec from the browser
+        swagger_ui_parameters={"validatorUrl": None},
+    )  # fmt: skip
+
+
+@plain.get("/docs/{name}", include_in_schema=False)
+def docs_asset(name: str) -> Response:
+    if name not in _DOCS_ASSETS:  # a fixed set of names: the request's path is never joined to a directory
+        raise ServeError(f"no such file: {name!r}", 404)
+    data = resources.files("fastapi_offline").joinpath("static", name).read_bytes()
+    return Response(data, media_type=_DOCS_ASSETS[name], headers={"Cache-Control": "public, max-age=86400"})
+
+
 @plain.get("/healthz", summary="Liveness: the runtime answers and the gallery can be read")
 async def healthz(request: Request) -> dict:
     classes = await _worker(request).call(lambda rt: len(rt.labels()))
@@ -105,7 +134,7 @@ async def metrics(request: Request) -> Response:
 async def info(request: Request) -> dict:
     def read(rt: Runtime) -> dict:
         m = rt.bundle.manifest
-        return {"model_id": rt.bundle.model_id, "task": m.get("task", "classify"), "target": m.get("target"),
+        return {"model_id": rt.bundle.model_id, "task": bundle_task(m), "target": m.get("target"),
                 "preprocess": rt.spec.to_dict(), "embedding_dim": rt.bundle.embedding_dim, "metric": rt.metric,
                 "open_set_threshold": rt.default_threshold(), "adapt": "adaptation" in m,
                 "metaedge": m.get("versions", {}).get("metaedge")}  # fmt: skip
@@ -177,7 +206,7 @@ async def get_thumbnail(request: Request, thumbnail_id: int) -> Response:
 # -- classification --------------------------------------------------------------------------------------------
 
 
-@api.post("/classify", openapi_extra=_UPLOAD_DOC,
+@api.post("/classify", openapi_extra=_UPLOAD_DOC, response_model=list[dict],
           summary="Classify one or many images: as `metaedge classify --json` (label null means unknown)")  # fmt: skip
 async def classify(
     request: Request,
@@ -185,17 +214,48 @@ async def classify(
     threshold: Annotated[float | None, Query(description="Open-set threshold; default: the bundle's.")] = None,
     no_threshold: Annotated[bool, Query(description="Never answer unknown.")] = False,
     adapt: Annotated[bool, Query(description="Rank with a head adapted on every enrolled image.")] = False,
-) -> list[dict]:
+) -> JSONResponse:
+    require_task(_worker(request).runtime.bundle, "classify")  # before reading a body it could not use
     images, _ = await read_images(request, request.app.state.config.limits)
     kwargs = {"top_k": top_k, "adapt": adapt}
     if no_threshold or threshold is not None:
         kwargs["threshold"] = None if no_threshold else threshold  # else the bundle's: Runtime's own default
+
     def run(rt: Runtime) -> list:
         with _named([n for n, _ in images]):
             return rt.classify([d for _, d in images], **kwargs)
 
     predictions = await _worker(request).call(run)
-    return [{"image": name, **p.to_dict()} for (name, _), p in zip(images, predictions)]
+    # A Response of our own: FastAPI would otherwise validate and re-encode the list through a pydantic model
+    # (response_model above only documents it); classify is the call whose latency the service is judged by.
+    return JSONResponse([{"image": name, **p.to_dict()} for (name, _), p in zip(images, predictions)])
+
+
+# -- localisation ----------------------------------------------------------------------------------------------
+
+
+@api.post("/locate", openapi_extra=_UPLOAD_DOC, response_model=list[dict],
+          summary="Find enrolled classes in one or many scenes, as `metaedge locate --json` (masks as COCO "
+                  "run-length, column-major); a localisation bundle only")  # fmt: skip
+async def locate(
+    request: Request,
+    label: Annotated[list[str] | None, Query(description="Look for this class only; repeatable.")] = None,
+    threshold: Annotated[float | None, Query(description="Presence threshold; default: the bundle's.")] = None,
+    no_threshold: Annotated[bool, Query(description="Report every class as present.")] = False,
+) -> JSONResponse:
+    require_task(_worker(request).runtime.bundle, "locate")  # before reading a body it could not use
+    scenes, _ = await read_images(request, request.app.state.config.limits)
+    kwargs = {} if label is None else {"labels": label}
+    if no_threshold or threshold is not None:
+        kwargs["threshold"] = None if no_threshold else threshold  # else the bundle's: Runtime's own default
+
+    def run(rt: Runtime) -> list:
+        with _named([n for n, _ in scenes]):
+            return [rt.locate(data, **kwargs) for _, data in scenes]
+
+    found = await _worker(request).call(run)
+    # Localization.to_dict: the CLI's JSON, the mask run-length encoded by the same function
+    return JSONResponse([{"scene": name, "found": [f.to_dict() for f in fs]} for (name, _), fs in zip(scenes, found)])
 
 
 # -- the gallery as a file -------------------------------------------------------------------------------------

@@ -19,9 +19,12 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 
-# FastAPI's /docs and /redoc pages load their viewers from a CDN (the browser fetches them, not the device);
-# the service's own page never does.
-_SWAGGER = ("/docs", "/redoc", "/docs/oauth2-redirect")
+# /docs (Swagger UI, its files served by this process too) starts itself with an inline script, and Swagger UI
+# sets inline styles and data: icons; still nothing from another origin.
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,8 +74,12 @@ def presented_key(request: Request) -> str | None:
     return key
 
 
-def require_key(request: Request) -> None:
-    """FastAPI dependency of every /v1 route and /metrics: 401 unless the configured key (if any) was sent."""
+async def require_key(request: Request) -> None:
+    """FastAPI dependency of every /v1 route and /metrics: 401 unless the configured key (if any) was sent.
+
+    async although it never awaits: FastAPI runs a plain `def` dependency on a worker thread, and those hand-offs
+    (cProfile: four per classify request, and a new thread started for one of them) were the largest part of
+    what the app added to a classify (tests/test_serve.py keeps the hot routes off worker threads)."""
     expected: str | None = request.app.state.api_key
     if expected is None:
         return
@@ -97,8 +104,8 @@ class SecurityHeaders:
                 headers = list(message.get("headers", []))
                 headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                             (b"referrer-policy", b"no-referrer")]  # fmt: skip
-                if scope["path"] not in _SWAGGER:
-                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                policy = DOCS_CONTENT_SECURITY_POLICY if scope["path"] == "/docs" else CONTENT_SECURITY_POLICY
+                headers.append((b"content-security-policy", policy.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

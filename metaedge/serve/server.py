@@ -27,8 +27,8 @@ class Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
-class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol on a connection with Nagle's algorithm off.
+class _NoDelay:
+    """Nagle's algorithm off on every connection, whichever HTTP parser serves it.
 
     asyncio turns Nagle off only on sockets whose `proto` reads IPPROTO_TCP; the listening socket uvicorn hands to
     `--workers N` processes reads 0, so their connections kept it on, and a response written as headers then body
@@ -43,13 +43,28 @@ class NoDelayH11Protocol(H11Protocol):
         super().connection_made(transport)
 
 
+class NoDelayH11Protocol(_NoDelay, H11Protocol):
+    """uvicorn's pure-Python HTTP/1.1 protocol (h11), Nagle off."""
+
+
+try:  # httptools: uvicorn's C parser (`uvicorn[standard]`); h11, the fallback, parses every request in Python
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class NoDelayHttpToolsProtocol(_NoDelay, HttpToolsProtocol):
+        """uvicorn's httptools protocol, Nagle off."""
+
+    HTTP_PROTOCOL: type = NoDelayHttpToolsProtocol
+except ImportError:
+    HTTP_PROTOCOL = NoDelayH11Protocol
+
+
 def run(app, config: ServeConfig, *, port: int, workers: int = 1, log_level: str = "info",
         ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
     """Serve `app` (made by create_app(config), so every check has passed) until SIGINT or SIGTERM; then let
     in-flight requests finish (up to 30 s) and return. With workers > 1 each worker builds its own app from
     `config` and `app` only served as the check."""
     options = {"host": config.host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30,
-               "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile, "http": NoDelayH11Protocol}  # fmt: skip
+               "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile, "http": HTTP_PROTOCOL}  # fmt: skip
     if workers == 1:
         Server(uvicorn.Config(app, **options)).run()
         return

@@ -178,7 +178,7 @@ $("camera-toggle").addEventListener("click", () => run(async () => {
   }
   $("camera").srcObject = stream;
   $("camera").hidden = !stream;
-  $("camera-shot").disabled = $("classify-camera").disabled = !stream;
+  $("camera-shot").disabled = $("classify-camera").disabled = $("locate-camera").disabled = !stream;
   $("camera-toggle").textContent = stream ? "Camera off" : "Camera";
 }));
 
@@ -228,6 +228,106 @@ drop.addEventListener("drop", (event) => run(async () => {
   if (file) await classify(file, file.name);
 }));
 
+// -- locating (localisation bundles) ---------------------------------------------------------------------------
+
+const COLOURS = [[230, 57, 70], [36, 88, 214], [27, 127, 59], [214, 140, 0], [142, 68, 173], [0, 150, 160]];
+let lastScene = null;      // {blob, name, found}: redrawn when "draw absent classes too" changes
+
+// A mask as the API sends it (COCO's uncompressed run-length, column-major, background first) -> (H*W) 0/1.
+function decodeMask(rle) {
+  const [h, w] = rle.size;
+  const out = new Uint8Array(h * w);
+  let at = 0;
+  rle.counts.forEach((n, i) => {
+    if (i % 2 === 1) {
+      for (let k = at; k < at + n; k++) out[(k % h) * w + Math.floor(k / h)] = 1;  // column-major -> row-major
+    }
+    at += n;
+  });
+  return out;
+}
+
+async function drawScene() {
+  const { blob, found } = lastScene;
+  const bitmap = await createImageBitmap(blob);
+  const canvas = $("locate-canvas");
+  // Small scenes drawn at 3x (whole pixels, so a mask pixel covers exactly its scene pixel); large ones as they are.
+  const scale = Math.max(1, Math.min(3, Math.floor(480 / Math.max(bitmap.width, bitmap.height))));
+  canvas.width = bitmap.width * scale;
+  canvas.height = bitmap.height * scale;
+  const g = canvas.getContext("2d");
+  g.imageSmoothingEnabled = false;
+  g.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const shown = found.filter((f) => f.present || $("locate-all").checked);
+  shown.forEach((f) => {
+    const [r, gr, b] = COLOURS[found.indexOf(f) % COLOURS.length];
+    const mask = decodeMask(f.mask);
+    const layer = new ImageData(bitmap.width, bitmap.height);
+    for (let i = 0; i < mask.length; i++) {
+      if (mask[i]) layer.data.set([r, gr, b, 110], 4 * i);
+    }
+    const tmp = document.createElement("canvas");
+    tmp.width = bitmap.width;
+    tmp.height = bitmap.height;
+    tmp.getContext("2d").putImageData(layer, 0, 0);
+    g.drawImage(tmp, 0, 0, canvas.width, canvas.height);
+    if (f.box) {
+      const [x0, y0, x1, y1] = f.box;  // inclusive pixel indices
+      g.strokeStyle = `rgb(${r},${gr},${b})`;
+      g.lineWidth = 2;
+      g.strokeRect(x0 * scale, y0 * scale, (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale);
+      g.fillStyle = `rgb(${r},${gr},${b})`;
+      g.font = "bold 13px system-ui, sans-serif";
+      g.fillText(f.label, x0 * scale + 2, Math.max(12, y0 * scale - 3));
+    }
+  });
+}
+
+async function locate(blob, name) {
+  const form = new FormData();
+  form.append("images", blob, name);
+  const [scene] = await api("v1/locate", { method: "POST", body: form });
+  lastScene = { blob, name, found: scene.found };
+  await drawScene();
+  $("locate-found").replaceChildren(...scene.found.map((f, i) => {
+    const li = document.createElement("li");
+    li.dataset.label = f.label;
+    li.className = f.present ? "present" : "absent";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${COLOURS[i % COLOURS.length].join(",")})`;
+    const text = document.createElement("span");
+    text.className = "name";
+    text.textContent = `${f.label} ${f.score.toFixed(3)} ${f.present ? "present" : "absent"}`;
+    const box = document.createElement("span");
+    box.className = "box";
+    box.textContent = f.box ? `box ${f.box.join(", ")}` : "no mask";
+    li.append(swatch, text, box);
+    return li;
+  }));
+  $("locate-result").hidden = false;
+  const present = scene.found.filter((f) => f.present).map((f) => f.label);
+  say(`located in ${name}: ${present.length ? present.join(", ") : "no class present"}`, "ok");
+}
+
+$("locate-files").addEventListener("change", (event) => run(async () => {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (file) await locate(file, file.name);
+}));
+$("locate-all").addEventListener("change", () => lastScene && run(drawScene));
+$("locate-camera").addEventListener("click", () => run(async () => locate(await frame(), "camera.png")));
+
+const locateDrop = $("locate-drop");
+locateDrop.addEventListener("dragover", (event) => { event.preventDefault(); locateDrop.classList.add("over"); });
+locateDrop.addEventListener("dragleave", () => locateDrop.classList.remove("over"));
+locateDrop.addEventListener("drop", (event) => run(async () => {
+  event.preventDefault();
+  locateDrop.classList.remove("over");
+  const file = event.dataTransfer.files[0];
+  if (file) await locate(file, file.name);
+}));
+
 // -- start -----------------------------------------------------------------------------------------------------
 
 $("key-form").addEventListener("submit", (event) => {
@@ -243,6 +343,9 @@ async function start() {
     thumbsKept = info.keep_thumbnails;
     $("key-form").hidden = true;
     $("model").textContent = `${info.model_id} · ${info.task}` + (thumbsKept ? "" : " · thumbnails off");
+    // One task per bundle: a localisation bundle locates in scenes, a classification bundle classifies.
+    $("locate").hidden = info.task !== "locate";
+    $("classify").hidden = info.task === "locate";
     await refresh();
     say("");
   });
