@@ -171,11 +171,16 @@ def _graph(checkpoint: ckpt.Checkpoint, path: Path, opset: int, calibration: np.
     return quantize.quantize_int8(float_path, path, calibration, INPUT)
 
 
-def write_verification(reports: list[ParityReport], path: Path, force: bool) -> None:
-    """The parity gate's verdict: refuse (nothing written) when a report failed, unless `force`; else verify.json."""
+def write_verification(reports: list[ParityReport], path: Path, force: bool, quantization: dict | None = None) -> None:
+    """The parity gate's verdict: refuse (nothing written) when a report failed, unless `force`; else verify.json.
+
+    quantization: what quantize_int8 recorded; where an int8 report failed and it shows why, the refusal says so.
+    """
     failed = [r for r in reports if not r.passed]
     if failed and not force:
         details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}" for r in failed)
+        why = quantize.diagnosis(quantization) if any(r.precision == "int8" for r in failed) else None
+        details += f" ({why})" if why else ""
         raise ExportError(f"parity check failed, nothing written: {details} (--force writes it anyway)")
     path.write_text(json.dumps({"reports": [r.to_dict() for r in reports], "forced": bool(failed)}, indent=2) + "\n")
 
@@ -320,7 +325,7 @@ def export_checkpoint(
                            "min_batch": settings.min_batch, "opt_batch": settings.opt_batch,
                            "max_batch": settings.max_batch, "dla_core": settings.dla_core}  # fmt: skip
         timings["verify_s"] = time.perf_counter() - t
-        write_verification(reports, tmp / "verify.json", force)
+        write_verification(reports, tmp / "verify.json", force, quantization)
         files["verify.json"] = tmp / "verify.json"
         # The open-set curve, per number of shots, on what the device computes (ONNX Runtime's embeddings): on
         # the validation groups where the checkpoint has them (never trained on, and not the held-out groups

@@ -222,7 +222,7 @@ def import_onnx(
                                    precision="int8", episodes=parity_episodes))  # fmt: skip
             embeddings = quantized
         timings["verify_s"] = time.perf_counter() - t
-        write_verification(reports, tmp / "verify.json", force)
+        write_verification(reports, tmp / "verify.json", force, quantization)
         # Calibrated on what the device computes: the bundle graph's embeddings of the verification classes.
         try:
             # A small --verify-data still calibrates: strangers from half its classes at most, and the numbers of
