@@ -1,0 +1,167 @@
+"""metaedge/quantize.py on hand-made ONNX graphs: seconds, no training (mutation testing runs this file).
+
+tests/test_parity_gates.py and tests/test_quantize_backbones.py quantize trained or real networks and run the
+int8 gate on them; these pin the module's own parts: what quantize_int8 records, how op_counts tells 8-bit from
+float nodes, the input-rounding probe on a graph that ignores rounding and one that magnifies it, the diagnosis
+at its threshold, and the calibration sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from metaedge import quantize
+from metaedge.errors import MetaedgeError
+from metaedge.ort import create_session, run_batched
+from metaedge.parity import TOLERANCES
+
+
+def save(path: Path, nodes, inputs, outputs, initializers=()) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def image_input(channels: int = 1, size: int = 8):
+    return helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", channels, size, size])
+
+
+def tiny_backbone(path: Path) -> Path:
+    """images (N, 1, 8, 8) -> Conv, Relu, MaxPool, Conv, HardSigmoid, GlobalAveragePool, Flatten -> (N, 4)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(scale=0.3, size=(4, 4, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSigmoid", ["c2"], ["h"]),  # no integer kernel: runs float between Dequantize/Quantize
+        helper.make_node("GlobalAveragePool", ["h"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["embeddings"]),
+    ]
+    out = helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 4])
+    return save(path, nodes, [image_input()], [out], [w1, w2])
+
+
+def images(n: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, 1, 8, 8)).astype(np.float32)
+
+
+def test_quantize_int8_writes_an_int8_graph_and_records_what_it_did(tmp_path):
+    source = tiny_backbone(tmp_path / "float.onnx")
+    x = images(40)
+    record = quantize.quantize_int8(source, tmp_path / "int8.onnx", x, "images")
+    assert record["precision"] == "int8" and record["method"] == quantize.METHOD
+    assert record["calibration_images"] == 40
+    assert record["quantized_ops"]["QLinearConv"] == 2 and record["quantized_ops"]["MaxPool"] == 1
+    assert record["float_ops"]["HardSigmoid"] == 1
+    probe = record["input_rounding"]
+    assert probe["images"] == 40 and 0.99 < probe["min_cosine"] <= 1.0
+    # the int8 graph runs and stays close to the float one on the calibration images
+    a = run_batched(create_session(source), x)
+    b = run_batched(create_session(tmp_path / "int8.onnx"), x)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape == (40, 4) and cos.min() > 0.95 and not np.array_equal(a, b)
+
+
+def test_the_probe_reads_at_most_its_share_of_the_calibration_images(tmp_path):
+    source = tiny_backbone(tmp_path / "float.onnx")
+    record = quantize.quantize_int8(source, tmp_path / "int8.onnx", images(quantize.PROBE_IMAGES + 6), "images")
+    assert record["calibration_images"] == quantize.PROBE_IMAGES + 6
+    assert record["input_rounding"]["images"] == quantize.PROBE_IMAGES
+
+
+def test_quantize_int8_refuses_no_images_and_names_a_graph_it_cannot_read(tmp_path):
+    source = tiny_backbone(tmp_path / "float.onnx")
+    with pytest.raises(MetaedgeError, match="^int8 calibration needs at least one image$"):
+        quantize.quantize_int8(source, tmp_path / "int8.onnx", images(0), "images")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    with pytest.raises(MetaedgeError, match="^int8 quantization of broken.onnx failed: "):
+        quantize.quantize_int8(broken, tmp_path / "int8.onnx", images(4), "images")
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_op_counts_follows_8_bit_data_through_the_graph(tmp_path):
+    """Counted from the graph alone: a node is 8-bit where its data input is (it is never run here)."""
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("MaxPool", ["q"], ["m"], kernel_shape=[2, 2]),  # on 8-bit data: stays 8-bit
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),  # still 8-bit
+        helper.make_node("QLinearConv", ["r", "s", "z", "w", "s", "z", "s", "z"], ["c"]),
+        helper.make_node("DequantizeLinear", ["c", "s", "z"], ["d"]),  # counted in neither
+        helper.make_node("HardSigmoid", ["d"], ["h"]),  # float
+        helper.make_node("DynamicQuantizeLinear", ["h"], ["dq", "ds", "dz"]),
+        helper.make_node("ConvInteger", ["dq", "w"], ["ci"]),  # integer kernel, int32 out
+        helper.make_node("Cast", ["ci"], ["f"], to=TensorProto.FLOAT),  # int32 is not 8-bit data: float
+        helper.make_node("Relu", ["f"], ["y"]),
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = save(tmp_path / "g.onnx", nodes, [value], [out])
+    quantized, left = quantize.op_counts(path)
+    assert quantized == {"ConvInteger": 1, "MaxPool": 1, "QLinearConv": 1, "Reshape": 1}
+    assert left == {"Cast": 1, "HardSigmoid": 1, "Relu": 1}
+    assert list(quantized) == sorted(quantized) and list(left) == sorted(left)
+
+
+def graph_of(tmp_path: Path, name: str, nodes, initializers=()) -> Path:
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return save(tmp_path / name, nodes, [image_input()], [out], initializers)
+
+
+def test_input_rounding_probe_tells_a_robust_graph_from_a_sensitive_one(tmp_path):
+    x = images(16)
+    identity = graph_of(tmp_path, "id.onnx", [helper.make_node("Flatten", ["images"], ["y"])])
+    robust = quantize.input_rounding_cosine(identity, x)
+    # 8-bit rounding of values in [-1, 1] moves each by at most 1/255: the direction barely moves, but it moves
+    assert 0.9999 < robust < 1.0
+    # sin(1000 x): a step of 1/255 in x turns the output around
+    k = numpy_helper.from_array(np.array(1000.0, np.float32), "k")
+    sensitive = graph_of(tmp_path, "sin.onnx", [helper.make_node("Mul", ["images", "k"], ["m"]),
+                                                helper.make_node("Sin", ["m"], ["s"]),
+                                                helper.make_node("Flatten", ["s"], ["y"])], [k])  # fmt: skip
+    assert quantize.input_rounding_cosine(sensitive, x) < 0.5
+    # one value everywhere: nothing to round
+    assert quantize.input_rounding_cosine(sensitive, np.full((3, 1, 8, 8), 0.25, np.float32)) == 1.0
+
+
+def test_input_rounding_probe_compares_feature_maps_per_image(tmp_path):
+    """A dense graph (locate's) gives (N, D, h, w): compared flattened, one cosine per image."""
+    x = images(5)
+    x[2] *= 0.0  # all-zero image: its outputs are zero vectors, cosine 0 by the norm guard, not NaN
+    x[2, 0, 0, 0] = 1.0
+    identity = graph_of(tmp_path, "map.onnx", [helper.make_node("Identity", ["images"], ["y"])])
+    assert 0.999 < quantize.input_rounding_cosine(identity, x) < 1.0
+
+
+@pytest.mark.parametrize("cosine, diagnosed", [(1.0, False), (0.9985, False), (0.9975, True), (0.2, True)])
+def test_diagnosis_fires_past_a_tenth_of_the_int8_cosine_budget(cosine, diagnosed):
+    budget = 1.0 - TOLERANCES["int8"]["min_cosine"]
+    assert quantize.PROBE_SHARE * budget == pytest.approx(0.002)  # the boundary the cases sit around
+    why = quantize.diagnosis({"input_rounding": {"images": 64, "min_cosine": cosine}})
+    assert (why is not None) == diagnosed
+    if diagnosed:
+        share = f"{(1.0 - cosine) / budget:.0%}"
+        assert why.startswith("this network is too sensitive for int8: rounding only its input")
+        assert f"min cosine {cosine:.4f} on 64 calibration images, {share} of the int8 cosine budget" in why
+        assert why.endswith("export it in fp32")
+    assert quantize.diagnosis(None) is None and quantize.diagnosis({"precision": "int8"}) is None
+
+
+def test_calibration_sample_is_fixed_ordered_and_at_most_count():
+    pixels = np.arange(100)[:, None]
+    assert quantize.calibration_sample(pixels, count=100) is pixels  # not more than there is: all of it
+    a = quantize.calibration_sample(pixels, count=10)
+    assert len(a) == 10 and np.all(np.diff(a[:, 0]) > 0)  # in their original order, no repeats
+    assert np.array_equal(a, quantize.calibration_sample(pixels, count=10))  # seeded
+    assert not np.array_equal(a, quantize.calibration_sample(pixels, count=10, seed=1))
+    assert len(quantize.calibration_sample(np.arange(600)[:, None])) == quantize.CALIBRATION_IMAGES == 512
