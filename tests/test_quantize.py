@@ -63,6 +63,13 @@ def test_quantize_int8_writes_an_int8_graph_and_records_what_it_did(tmp_path):
     assert record["calibration_images"] == 40
     assert record["quantized_ops"]["QLinearConv"] == 2 and record["quantized_ops"]["MaxPool"] == 1
     assert record["float_ops"]["HardSigmoid"] == 1
+    # weights int8 with one scale per output channel, activations uint8 (what METHOD says)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "QLinearConv"]
+    assert [inits[n.input[3]].dtype for n in convs] == [np.int8, np.int8]  # w
+    assert [inits[n.input[4]].shape for n in convs] == [(4,), (4,)]  # w_scale: per channel
+    assert {inits[n.input[2]].dtype for n in convs} == {np.dtype(np.uint8)}  # x_zero_point: uint8 activations
     probe = record["input_rounding"]
     assert probe["images"] == 40 and 0.99 < probe["min_cosine"] <= 1.0
     # the int8 graph runs and stays close to the float one on the calibration images
@@ -104,11 +111,16 @@ def test_op_counts_follows_8_bit_data_through_the_graph(tmp_path):
         helper.make_node("ConvInteger", ["dq", "w"], ["ci"]),  # integer kernel, int32 out
         helper.make_node("Cast", ["ci"], ["f"], to=TensorProto.FLOAT),  # int32 is not 8-bit data: float
         helper.make_node("Relu", ["f"], ["y"]),
+        # integer kernels fed straight from an 8-bit graph input: integer by their type, not by their input
+        helper.make_node("QLinearMatMul", ["u", "s", "z", "w", "s", "z", "s", "z"], ["qm"]),
+        helper.make_node("MatMulInteger", ["u", "w"], ["mi"]),
     ]
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    path = save(tmp_path / "g.onnx", nodes, [value], [out])
+    u8 = helper.make_tensor_value_info("u", TensorProto.UINT8, [1, 4])
+    path = save(tmp_path / "g.onnx", nodes, [value, u8], [out])
     quantized, left = quantize.op_counts(path)
-    assert quantized == {"ConvInteger": 1, "MaxPool": 1, "QLinearConv": 1, "Reshape": 1}
+    assert quantized == {"ConvInteger": 1, "MatMulInteger": 1, "MaxPool": 1, "QLinearConv": 1, "QLinearMatMul": 1,
+                         "Reshape": 1}  # fmt: skip
     assert left == {"Cast": 1, "HardSigmoid": 1, "Relu": 1}
     assert list(quantized) == sorted(quantized) and list(left) == sorted(left)
 
