@@ -48,6 +48,7 @@ TOLERANCES = {"fp32": {"max_abs_diff": 1e-3, "min_agreement": 0.99},
               "int8": {"max_abs_diff": None, "min_agreement": 0.95}}  # fmt: skip
 PARITY_CLUTTER = (4, 32)
 ACCEPT_PRESENT = 0.95  # the open-set threshold keeps this share of the scenes that hold the target
+DECODE_KEEP = 0.99  # the decode floor keeps this share of the accepted scenes that hold the target
 
 
 @dataclass
@@ -154,19 +155,24 @@ def _torch_masks(method: ProtoSeg, batch: SceneBatch) -> tuple[np.ndarray, np.nd
     return torch.sigmoid(method.mask_logits(scenes, protos)[:, 0]).numpy(), protos[:, 0].numpy()
 
 
-def _onnx_masks(locator: Locator, proto_session, batch: SceneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The device's path, scene by scene -> (probabilities (B, H, W), prototypes (B, D), scores (B,))."""
+def _onnx_masks(locator: Locator, proto_session,
+                batch: SceneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The device's path, scene by scene -> (probabilities (B, H, W), prototypes (B, D), scores (B,), peak
+    cosine similarities (B,): what the decode floor is compared with)."""
     scenes = SCENE_SPEC.normalize(batch.scenes)
     refs = REFERENCE_SPEC.normalize(batch.references)  # (B, K, 3, 32, 32)
     b, k = refs.shape[:2]
     # The gallery's prototype of a class: the mean of its enrolled embeddings.
     protos = run_batched(proto_session, refs.reshape(b * k, *refs.shape[2:])).reshape(b, k, -1).mean(axis=1)
-    probs, scores = [], []
+    probs, scores, peaks = [], [], []
     for i in range(b):
-        p = locator.probabilities(scenes[i : i + 1], protos[i : i + 1])[0, 0]
-        probs.append(p)
+        features = locator.features(scenes[i : i + 1])
+        cosine = locator.cosine(features, protos[i : i + 1])
+        p = 1.0 / (1.0 + np.exp(-locator.logits(scenes[i : i + 1], features, cosine)[0, 0]))
+        probs.append(p.astype(np.float32))
         scores.append(p.max())  # the runtime's score (locate.py): the mask's highest probability
-    return np.stack(probs), protos, np.asarray(scores)
+        peaks.append(cosine.max())
+    return np.stack(probs), protos, np.asarray(scores), np.asarray(peaks)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -185,7 +191,7 @@ def parity_scenes(glyphs: Glyphs, per_set: int, seed: int = 0) -> SceneBatch:
 def check_parity(method: ProtoSeg, locator: Locator, proto_session, batch: SceneBatch, precision: str,
                  backend: str = "onnxruntime-cpu") -> LocateParityReport:  # fmt: skip
     torch_prob, torch_protos = _torch_masks(method, batch)
-    onnx_prob, onnx_protos, _ = _onnx_masks(locator, proto_session, batch)
+    onnx_prob, onnx_protos, _, _ = _onnx_masks(locator, proto_session, batch)
     torch_mask, onnx_mask = torch_prob > THRESHOLD, onnx_prob > THRESHOLD
     agree = _iou(torch_mask, onnx_mask)
     diff = float(np.abs(torch_prob - onnx_prob).max())
@@ -209,20 +215,31 @@ def calibrate_presence(locator: Locator, proto_session, glyphs: Glyphs, clutter:
                        source: dict, seed: int = 0) -> dict:  # fmt: skip
     """The "not in this scene" threshold: scores (the mask's highest probability) on `per_level` scenes with
     the target and as many without (seeded sets apart from parity's), per clutter level, half one-colour.
-    The threshold keeps ACCEPT_PRESENT of the present scenes; the false-positive rate is measured on the absent."""
-    present, absent = [], []
+    The threshold keeps ACCEPT_PRESENT of the present scenes; the false-positive rate is measured on the absent.
+
+    The decode floor (locate.py) is the peak cosine similarity that DECODE_KEEP of the accepted present scenes
+    reach: a class under it in a scene is not decoded. `decoded_absent` is the share of the absent scenes whose
+    class would still be decoded (the lower, the less decoding a scene of many enrolled classes costs)."""
+    scores, peaks = {True: [], False: []}, {True: [], False: []}
     for c in clutter:
         for one in (False, True):
-            for has, into in ((True, present), (False, absent)):
+            for has in (True, False):
                 batch = scene_set(glyphs, clutter=c, count=per_level, seed=seed + 1, one_colour=one, present=has)
-                into.append(_onnx_masks(locator, proto_session, batch)[2])
-    present, absent = np.concatenate(present), np.concatenate(absent)
+                _, _, score, peak = _onnx_masks(locator, proto_session, batch)
+                scores[has].append(score)
+                peaks[has].append(peak)
+    present, absent = np.concatenate(scores[True]), np.concatenate(scores[False])
+    peak_present, peak_absent = np.concatenate(peaks[True]), np.concatenate(peaks[False])
     threshold = float(np.quantile(present, 1.0 - ACCEPT_PRESENT))
+    floor = float(np.quantile(peak_present[present >= threshold], 1.0 - DECODE_KEEP))
     # AUROC: the chance a scene with the target outscores one without (ties count half).
     auroc = float((present[:, None] > absent[None]).mean() + 0.5 * (present[:, None] == absent[None]).mean())
     return {"threshold": threshold, "accept_present": ACCEPT_PRESENT,
             "true_positive_rate": float((present >= threshold).mean()),
             "false_positive_rate": float((absent >= threshold).mean()), "auroc": auroc,
+            "decode_floor": floor, "decode_keep": DECODE_KEEP,
+            "true_positive_rate_decoded": float(((present >= threshold) & (peak_present >= floor)).mean()),
+            "decoded_absent": float((peak_absent >= floor).mean()),
             "scenes_present": int(len(present)), "scenes_absent": int(len(absent)), "clutter": list(clutter),
             "source": source}  # fmt: skip
 
@@ -285,7 +302,7 @@ def export_segment_checkpoint(checkpoint, out, *, target: str = "x86-cpu", fmt: 
                               "(--force writes it anyway)")  # fmt: skip
         open_set = calibrate_presence(locator, proto_session, val, list(meta["segment"]["clutter"]),
                                       calibration_scenes, {"part": part, "groups": sorted(set(val.class_groups))})
-        settings["threshold"] = open_set["threshold"]
+        settings["threshold"], settings["decode_floor"] = open_set["threshold"], open_set["decode_floor"]
         (tmp / "verify.json").write_text(json.dumps({"reports": [report.to_dict()], "forced": not report.passed},
                                                     indent=2) + "\n")  # fmt: skip
         import onnx

@@ -177,9 +177,11 @@ class Runtime:
                 raise DataError(f"not enrolled: {', '.join(map(repr, missing))}" if missing else "no labels given")
             rows = [names.index(label) for label in dict.fromkeys(labels)]
             names, protos = [names[r] for r in rows], protos[rows]
+        floor = None  # the bundle's decode floor is calibrated with its threshold: any other decodes every class
         if threshold is _MANIFEST_THRESHOLD:
             threshold = self.bundle.manifest["locate"].get("threshold")
-        return locate_scene(self._locator, scene, names, protos, threshold)
+            floor = self._locator.decode_floor if threshold is not None else None
+        return locate_scene(self._locator, scene, names, protos, threshold, floor=floor)
 
     def _prototypes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(labels, prototypes (C, D), shots (C,): how many embeddings each class holds)."""

@@ -5,6 +5,10 @@ so a resumed run draws exactly the scenes the uninterrupted run would have; `met
 update, dealt to the ranks under torchrun as classification's tasks are. Validation is the mean IoU on a
 fixed seeded scene set of the validation alphabets (never the test ones), over the training clutter levels,
 half of it one-colour. Checkpoints, log and resume follow metaedge/train.py exactly.
+
+`--pretrain-epochs N` first teaches the dense backbone to tell the training characters apart (`pretrain_glyphs`):
+trained on scenes alone, from scratch, it learns where ink is long before it learns which character is which.
+`--init-weights` starts the backbone from a weights file, as classification does.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from metaedge import checkpoint as ckpt
 from metaedge import distributed
 from metaedge.data import open_dataset, split_groups
-from metaedge.data.clutter import REFERENCE_SIZE, ClutterEpisodes, Glyphs
+from metaedge.data.clutter import REFERENCE_SIZE, ClutterEpisodes, Glyphs, glyph_batch
 from metaedge.errors import CheckpointError, DataError
 from metaedge.evaluate_segment import REFERENCE_SPEC, SCENE_SPEC, SegmentResult, evaluate_segment, scenes_to_tensors
 
@@ -91,10 +96,15 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
     distributed.barrier(ranks)
     method.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    init_report = None
     if state_meta is not None:
         resumed = ckpt.load(run_dir / ckpt.LAST, which=ckpt.LAST, map_location=device)
         method.load_state_dict(resumed.method.state_dict())
         ckpt.load_optimizer_state(run_dir / ckpt.LAST, optimizer, state_meta)
+    elif config.init_weights:  # a resumed run has its own weights already
+        from metaedge.weights import load_init_weights
+
+        init_report = load_init_weights(method.backbone, config.init_weights).to_dict()
 
     meta = {
         **arch_meta(config),
@@ -111,11 +121,22 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
         "train_config": dataclasses.asdict(config),
         "versions": ckpt.versions(),
     }  # fmt: skip
+    if init_report is not None:
+        meta["init_weights"] = init_report
+    elif state_meta is not None and "init_weights" in state_meta:
+        meta["init_weights"] = state_meta["init_weights"]
     history: list[dict] = []
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
     best_val: SegmentResult | None = None
     t0 = time.perf_counter() - elapsed
     try:
+        if start_episode == 0 and config.pretrain_epochs > 0:
+            for row in pretrain_glyphs(method, train_glyphs, epochs=config.pretrain_epochs,
+                                       batch=config.pretrain_batch, lr=config.lr, seed=config.seed,
+                                       one_colour=config.one_colour, device=device, ranks=ranks):  # fmt: skip
+                if log is not None:
+                    log.write(json.dumps({**row, "seconds": time.perf_counter() - t0}) + "\n")
+                    log.flush()
         for episode in range(start_episode, config.episodes):
             lr = lr_at(config, episode)
             loss, iou = _step(method, optimizer, episodes, config, episode, lr, device, ranks)
@@ -145,7 +166,58 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
         if log is not None:
             log.close()
     distributed.barrier(ranks)  # as in train.py: no rank leaves while rank 0 still writes
-    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history)
+    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
+
+
+def pretrain_glyphs(method, glyphs: Glyphs, *, epochs: int, batch: int, lr: float, seed: int, one_colour: float,
+                    device, ranks=distributed.Ranks()):  # fmt: skip
+    """Stage 1: the backbone, through the method's masked pooling, classifies isolated warped characters of
+    every training class (a cosine classifier, thrown away afterwards). Yields one log row per epoch.
+
+    Each image is one drawing warped as a scene's characters are (scale included: a scene's characters are
+    0.5-2x the reference's size), in a random colour (white with probability `one_colour`), at a random place
+    on a 64x64 black canvas (data/clutter.py `glyph_batch`); batch `b` of epoch `e` is seeded by (seed, e, b).
+    The embedding is the one prototypes are: masked average pooling of the dense map over the ink, so the
+    features that learn to tell characters apart are the ones the cosine scoring of scenes compares.
+    """
+    from metaedge.schedule import cosine_lr
+
+    backbone = method.backbone
+    head = torch.nn.ParameterDict({
+        "weight": torch.nn.Parameter(torch.randn(glyphs.num_classes, backbone.embedding_dim, device=device) * 0.01),
+        "log_scale": torch.nn.Parameter(torch.tensor(float(np.log(10.0)), device=device)),
+    })  # fmt: skip
+    pair = torch.nn.ModuleList([backbone, head])
+    optimizer = torch.optim.Adam(pair.parameters(), lr=lr)
+    n = len(glyphs.labels)
+    per_epoch = -(-n // batch)
+    backbone.train()
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, 104_729, epoch]).permutation(n)
+        total, correct = 0.0, 0
+        for b in range(per_epoch):
+            step = epoch * per_epoch + b
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, step, epochs * per_epoch)
+            whole = order[b * batch : (b + 1) * batch]
+            index = whole[ranks.rank :: ranks.world]
+            rng = np.random.default_rng([seed, 104_729, epoch, b, ranks.rank])
+            images = torch.from_numpy(glyph_batch(glyphs, index, rng, one_colour=one_colour)).to(device)
+            x = images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            labels = torch.from_numpy(glyphs.labels[index]).to(device)
+            embedding = method.pool(backbone(x), x)
+            logits = head["log_scale"].exp() * F.normalize(embedding, dim=1) @ F.normalize(head["weight"], dim=1).T
+            # Summed over this rank's share, divided by the whole batch: the all-reduced gradient is the batch mean.
+            loss = F.cross_entropy(logits, labels, reduction="sum") / len(whole)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.all_reduce_gradients(pair, ranks)
+            optimizer.step()
+            total += float(loss.detach()) * len(whole) / len(index)
+            correct += int((logits.argmax(1) == labels).sum())
+        yield {"pretrain_epoch": epoch + 1, "loss": total / per_epoch, "train_accuracy": correct / n,
+               "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+    distributed.average_buffers(backbone, ranks)
 
 
 def _step(method, optimizer, episodes: ClutterEpisodes, config, episode: int, lr: float, device, ranks):

@@ -54,6 +54,10 @@ def test_manifest_describes_a_locate_bundle(tiny_locate_bundle, tiny_seg_run):
     assert cal["threshold"] == loc["threshold"] and abs(cal["true_positive_rate"] - 0.95) <= 0.01
     assert 0.0 <= cal["false_positive_rate"] <= 1.0 and cal["scenes_absent"] == cal["scenes_present"] > 0
     assert cal["source"]["part"] == "val"
+    # the decode floor keeps 99% of the accepted scenes holding the target; what it lets through is measured
+    assert loc["decode_floor"] == cal["decode_floor"] and cal["decode_keep"] == 0.99
+    assert cal["true_positive_rate"] - 0.02 <= cal["true_positive_rate_decoded"] <= cal["true_positive_rate"]
+    assert 0.0 <= cal["decoded_absent"] <= 1.0
     report = json.loads((tiny_locate_bundle / "verify.json").read_text())["reports"][0]
     assert report["passed"] and report["images"] == 200 and report["agreement"] >= 0.99
     assert abs(report["iou_onnx"] - report["iou_torch"]) < 1e-3

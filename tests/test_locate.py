@@ -18,7 +18,7 @@ from metaedge import checkpoint as ckpt
 from metaedge.cli import app
 from metaedge.data.clutter import scene_set
 from metaedge.evaluate_segment import held_out_glyphs, scenes_to_tensors
-from metaedge.locate import Localization, prepare_scene, rle_decode, rle_encode
+from metaedge.locate import Localization, locate, prepare_scene, rle_decode, rle_encode
 
 runner = CliRunner()
 # The tiny segmentation run and its bundle, trained and exported once for both test files.
@@ -198,3 +198,64 @@ def test_demo_locate(tiny_locate_bundle, tmp_path):
     r = json.loads(result.stdout)
     assert r["way"] == r["scenes"] == 3 and 0.0 <= r["iou"] <= 1.0 and len(r["overlays"]) == 3
     assert all(Path(p).is_file() for p in r["overlays"])
+
+
+def test_from_masks_is_from_mask_for_every_class():
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 13, 17)) > 0.97
+    masks[1] = False  # an empty mask: no box, no centre
+    masks[2] = False
+    masks[2, 12, 0] = True  # a single pixel in a corner
+    scores, present = rng.random(5), rng.random(5) > 0.5
+    batched = Localization.from_masks(list("abcde"), scores, present, masks)
+    for i, f in enumerate(batched):
+        one = Localization.from_mask("abcde"[i], float(scores[i]), bool(present[i]), masks[i])
+        assert (f.label, f.score, f.present, f.box) == (one.label, one.score, one.present, one.box)
+        assert (f.center is None) == (one.center is None)
+        assert f.center is None or f.center == pytest.approx(one.center)
+    assert batched[1].box is None and batched[2].box == (0, 12, 0, 12)
+
+
+def test_decode_floor_skips_classes_that_cannot_be_present(tiny_locate_bundle, scenes):
+    """Under the floor a class is not decoded: absent, score 0, empty mask; a floor nothing is under changes
+    nothing; the runtime applies the bundle's floor with the bundle's threshold only."""
+    scene = _hwc(scenes.scenes[0])
+    with metaedge.Runtime(bundle=tiny_locate_bundle) as rt:
+        for i in range(3):
+            rt.enroll(f"c{i}", [_hwc(scenes.references[i, 0])])
+        assert rt.bundle.manifest["locate"]["decode_floor"] == rt.bundle.manifest["locate"]["open_set"]["decode_floor"]
+        rt.locate(scene)
+        locator, (names, protos) = rt._locator, rt.gallery.prototypes()
+        every = locate(locator, scene, names, protos, 0.5)
+        low = locate(locator, scene, names, protos, 0.5, floor=-2.0)
+        assert [(f.label, f.score, f.present) for f in low] == [(f.label, f.score, f.present) for f in every]
+        assert all((a.mask == b.mask).all() for a, b in zip(low, every))
+        assert all(f.score > 0 for f in every)
+        high = locate(locator, scene, names, protos, 0.0, floor=2.0)
+        assert all(f.score == 0.0 and not f.present and not f.mask.any() and f.box is None for f in high)
+        assert sorted(f.label for f in high) == sorted(names)
+        # only the classes at or over the floor are decoded, and they answer as before
+        features = locator.features(prepare_scene(scene, locator.spec, 4).pixels)
+        peaks = locator.cosine(features, protos)[0].max(axis=(1, 2))
+        middle = float(np.sort(peaks)[1])
+        some = {f.label: f for f in locate(locator, scene, names, protos, 0.0, floor=middle)}
+        for f in every:
+            decoded = peaks[names.index(f.label)] >= middle
+            assert (some[f.label].score == f.score) if decoded else (some[f.label].score == 0.0)
+        locator.decode_floor = 2.0
+        assert all(f.score == 0.0 and not f.present for f in rt.locate(scene))
+        assert all(f.score > 0 for f in rt.locate(scene, threshold=0.5))
+        assert all(f.score > 0 and f.present for f in rt.locate(scene, threshold=None))
+
+
+def test_locator_runs_on_one_thread_unless_told(tiny_locate_bundle):
+    from metaedge import bundle as bundle_io
+    from metaedge.locate import Locator
+
+    b = bundle_io.load(tiny_locate_bundle)
+    paths = (b.file("dense.onnx"), b.file("decoder.onnx"), b.manifest["locate"])
+    for threads, expected in ((0, 1), (2, 2)):
+        locator = Locator(*paths, threads=threads)
+        assert locator.threads == expected
+        for session in (locator.dense, locator.decoder):
+            assert session.get_session_options().intra_op_num_threads == expected

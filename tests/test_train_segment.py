@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import OMNIGLOT_ZIPS, Interrupted, assert_same_last_weights, interrupt_after
 from typer.testing import CliRunner
 
@@ -104,3 +105,40 @@ def test_cli_evaluate_segment(seg_run, tiny_run_dir):
     assert bad.exit_code == 1 and "clutter levels" in bad.output
     wrong = runner.invoke(app, ["evaluate", str(tiny_run_dir), "--task", "segment", "--episodes", "2"])
     assert wrong.exit_code == 1 and "not a segmentation one" in wrong.output
+
+
+def test_pretraining_teaches_the_backbone_first(tmp_path, seg_run):
+    """--pretrain-epochs: the backbone classifies isolated characters before the first scene; the log says so,
+    and the weights differ from the same run without it. A resumed run does not pre-train again."""
+    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
+        pytest.skip("the shared Omniglot data is not beside the checkout")
+    out = tmp_path / "pre"
+    train(_config(out, pretrain_epochs=2, pretrain_batch=256))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    pre = [r for r in rows if "pretrain_epoch" in r]
+    assert [r["pretrain_epoch"] for r in pre] == [1, 2] and all(0.0 <= r["train_accuracy"] <= 1.0 for r in pre)
+    assert pre[1]["loss"] < pre[0]["loss"]
+    assert [r["episode"] for r in rows if "episode" in r] == [2, 4]
+    with pytest.raises(AssertionError):
+        assert_same_last_weights(seg_run, out)
+    train(_config(out, episodes=6), resume=True)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "pretrain_epoch" in r]) == 2
+
+
+def test_init_weights_start_the_backbone(tmp_path, seg_run):
+    """--init-weights loads the segment backbone from a file, as classification does, and the run records it."""
+    from safetensors.torch import save_file
+
+    backbone = ckpt.load(seg_run).method.backbone
+    weights = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() + (0.5 if v.is_floating_point() else 0) for k, v in backbone.state_dict().items()},
+              weights)  # fmt: skip
+    out = tmp_path / "init"
+    result = train(_config(out, episodes=2, val_every=2, lr=1e-9, init_weights=str(weights)))
+    meta = ckpt.load(out).meta
+    assert meta["init_weights"]["loaded"] == result.init_weights["loaded"] > 0
+    assert meta["init_weights"]["missing"] == []
+    loaded = ckpt.load(out).method.backbone.state_dict()
+    first = next(k for k in loaded if k.endswith("weight"))
+    assert torch.allclose(loaded[first], backbone.state_dict()[first] + 0.5, atol=1e-4)

@@ -286,6 +286,24 @@ class ClutterEpisodes:
         return SceneBatch.stack([self.episode(int(i)) for i in indices])
 
 
+GLYPH_CANVAS = 64  # the largest warped character of a scene (2x the reference's 32 px) fits
+
+
+def glyph_batch(glyphs: Glyphs, indices, rng: np.random.Generator, *, one_colour: float = 0.0,
+                canvas: int = GLYPH_CANVAS) -> np.ndarray:  # fmt: skip
+    """Isolated characters for classifier pre-training: drawing `indices[i]` warped as a scene's characters are
+    (scale included), in a random colour (white with probability `one_colour`), at a uniform place on a black
+    `canvas` x `canvas` -> uint8 (len(indices), 3, canvas, canvas). Everything drawn comes from `rng`."""
+    out = np.zeros((len(indices), 3, canvas, canvas), dtype=np.uint8)
+    for i, index in enumerate(indices):
+        ink = _warped(glyphs, int(index), rng, scaled=True, limit=canvas)
+        colour = _colour(rng, bool(rng.random() < one_colour))
+        h, w = ink.shape
+        y, x = int(rng.integers(canvas - h + 1)), int(rng.integers(canvas - w + 1))
+        out[i, :, y : y + h, x : x + w][:, ink] = colour[:, None]
+    return out
+
+
 def scene_set(
     glyphs: Glyphs, *, clutter: int, count: int, seed: int = 0, shot: int = 1, one_colour: bool = False,
     present: bool = True, start: int = 0,

@@ -10,6 +10,7 @@ from metaedge.data import open_dataset, split_groups
 from metaedge.data.clutter import (
     ClutterEpisodes,
     Glyphs,
+    glyph_batch,
     make_scene,
     parse_clutter,
     scene_set,
@@ -161,3 +162,21 @@ def test_glyphs_need_every_drawer(tmp_path):
     root = make_tree(files, tmp_path / "data")
     with pytest.raises(DataError, match="lacks drawings by some drawers"):
         Glyphs.from_dataset(open_dataset(root))
+
+
+def test_glyph_batch_is_seeded_isolated_characters(glyphs):
+    indices = glyphs.table[[0, 5, 9], 2]
+    x = glyph_batch(glyphs, indices, np.random.default_rng(4))
+    assert x.shape == (3, 3, 64, 64) and x.dtype == np.uint8
+    for img in x:  # one character, one colour, on black
+        ink = img.max(axis=0) > 0
+        assert 10 < ink.sum() < 64 * 64 // 2
+        assert len(np.unique(img[:, ink], axis=1).T) == 1
+    assert (glyph_batch(glyphs, indices, np.random.default_rng(4)) == x).all()
+    assert not (glyph_batch(glyphs, indices, np.random.default_rng(5)) == x).all()
+    white = glyph_batch(glyphs, indices, np.random.default_rng(4), one_colour=1.0)
+    assert set(np.unique(white)) == {0, 255}
+    # warped as scenes are, scale included: the same drawing comes out at different sizes
+    sizes = {int((img.max(axis=0) > 0).sum()) for img in glyph_batch(glyphs, [indices[0]] * 8,
+                                                                     np.random.default_rng(0))}  # fmt: skip
+    assert max(sizes) > 2 * min(sizes)
