@@ -179,8 +179,8 @@ def test_diagnosis_fires_past_a_tenth_of_the_int8_cosine_budget(cosine, diagnose
 def test_calibration_sample_is_fixed_ordered_and_at_most_count():
     pixels = np.arange(100)[:, None]
     assert quantize.calibration_sample(pixels, count=100) is pixels  # not more than there is: all of it
-    a = quantize.calibration_sample(pixels, count=10)
-    assert len(a) == 10 and np.all(np.diff(a[:, 0]) > 0)  # in their original order, no repeats
-    assert np.array_equal(a, quantize.calibration_sample(pixels, count=10))  # seeded
-    assert not np.array_equal(a, quantize.calibration_sample(pixels, count=10, seed=1))
+    a = quantize.calibration_sample(pixels, count=90)  # 90 of 100 drawn with replacement would repeat some
+    assert len(a) == 90 and np.all(np.diff(a[:, 0]) > 0)  # in their original order, no repeats
+    assert np.array_equal(a, quantize.calibration_sample(pixels, count=90))  # seeded
+    assert not np.array_equal(a, quantize.calibration_sample(pixels, count=90, seed=1))
     assert len(quantize.calibration_sample(np.arange(600)[:, None])) == quantize.CALIBRATION_IMAGES == 512
