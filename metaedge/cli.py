@@ -84,6 +84,18 @@ def train(
     metric: Annotated[
         str, typer.Option(help="ProtoNet metric: sqeuclidean or cosine (learned scale).")
     ] = "sqeuclidean",
+    loss_distance: Annotated[
+        str, typer.Option(help="ProtoNet sqeuclidean: train on the squared or the plain euclidean distance.")
+    ] = "squared",
+    embed_passes: Annotated[
+        int, typer.Option(help="ProtoNet: 1 forward pass for support and query, or 2 (own batch-norm statistics).")
+    ] = 1,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Distil from this run folder or bundle too (metaedge/distill.py).")
+    ] = None,
+    distill: Annotated[str, typer.Option(help="With --teacher: kl, relational or kl+relational.")] = "kl",
+    distill_weight: Annotated[float, typer.Option(help="With --teacher: weight of the distillation loss.")] = 1.0,
+    distill_temperature: Annotated[float, typer.Option(help="With --teacher: temperature of the kl loss.")] = 4.0,
     image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 28,
     way: Annotated[int, typer.Option(help="Classes per training episode.")] = 60,
     shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
@@ -175,6 +187,8 @@ def train(
         val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, split_seed=split_seed,
         task=task, clutter=clutter_levels, one_colour=one_colour, decoder=decoder,
         device=device, preprocess=settings, init_weights=str(init_weights) if init_weights else None,
+        loss_distance=loss_distance, embed_passes=embed_passes, teacher=str(teacher) if teacher else None,
+        distill=distill, distill_weight=distill_weight, distill_temperature=distill_temperature,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     world = world_size()

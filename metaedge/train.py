@@ -40,6 +40,8 @@ class TrainConfig:
     out: str
     algorithm: str = "protonet"
     metric: str = "sqeuclidean"
+    loss_distance: str = "squared"  # protonet: "plain" trains on the unsquared distance (methods/protonet.py)
+    embed_passes: int = 1  # protonet: 2 embeds support and query in separate passes (own batch-norm statistics)
     backbone: str = "conv4"
     width: int = 64
     depth: int = 4
@@ -81,6 +83,11 @@ class TrainConfig:
     device: str = "auto"
     preprocess: dict = field(default_factory=dict)
     init_weights: str | None = None  # backbone weights to start from (metaedge/weights.py); None: random
+    # Distillation (metaedge/distill.py): a run folder or bundle whose embedding geometry the student learns too.
+    teacher: str | None = None
+    distill: str = "kl"
+    distill_weight: float = 1.0
+    distill_temperature: float = 4.0
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict({"size": self.image_size, **self.preprocess})
@@ -92,6 +99,7 @@ class StepStats:
     loss: float
     accuracy: float
     lr: float
+    distill_loss: float | None = None  # the distillation part of `loss`, where a teacher teaches
 
 
 @dataclass
@@ -175,6 +183,10 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                                   "leave out --resume to start the run")  # fmt: skip
         state_meta = ckpt.read_meta(last)
         stored = TrainConfig(**state_meta["train_config"])
+        if config.teacher is not None and stored.teacher is None:
+            raise CheckpointError(f"{run_dir} was trained without a teacher; resume it without --teacher, or start "
+                                  "a new run to distil")  # fmt: skip
+        asked_teacher = config.teacher  # checked against the run's own below, once loaded
         # Resuming may extend the run; everything else must be the run's own settings.
         config = dataclasses.replace(stored, episodes=max(config.episodes, stored.episodes), device=config.device)
         start_episode, best_acc = state_meta["episode"], state_meta.get("best_val_accuracy", -1.0)
@@ -186,6 +198,9 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
 
     # Everything that can fail on bad data or settings happens before the run directory is touched, so a
     # mistyped option neither leaves an empty run behind nor lets --overwrite delete the run it would replace.
+    if config.algorithm != "protonet" and (config.teacher or config.loss_distance != "squared"
+                                           or config.embed_passes != 1):  # fmt: skip
+        raise DataError(f"--teacher, --loss-distance and --embed-passes are ProtoNet's; not for {config.algorithm}")
     spec = config.spec()
     dataset = open_dataset(config.data)
     # A separate split seed lets runs differ in initialisation and episodes yet hold out the same groups,
@@ -194,11 +209,28 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # Groups, or the classes of a single-group (class/image) dataset such as CIFAR's.
     split = split_groups(dataset.split_units(), config.holdout_groups, config.val_groups, split_seed)
     train_set, val_set, _ = apply_split(dataset, split)
+    distiller = None  # a teacher is checked before any image is decoded: a wrong one fails at once
+    if config.teacher:
+        from metaedge.distill import Distiller, check_same_teacher, check_teacher, load_teacher
+
+        teacher = load_teacher(config.teacher, device)
+        check_teacher(teacher, spec, split.test)
+        if state_meta is not None:
+            check_same_teacher(state_meta["teacher"], teacher)  # the run's teacher, unchanged since it started
+            if asked_teacher is not None:
+                check_same_teacher(state_meta["teacher"], load_teacher(asked_teacher, device))
+        distiller = Distiller(teacher, config.distill, config.distill_weight, config.distill_temperature)
     if config.rotations:
         train_set = train_set.with_rotations(flips=config.flips)
     strokes = StrokeIndex(config.strokes) if config.strokes and config.stroke_variants > 0 else None
     train_data = train_set.load(spec, strokes, config.stroke_variants, config.seed)
     val_data = val_set.load(spec) if val_set.classes else None
+    teacher_pixels = None
+    if distiller is not None and distiller.teacher.spec != spec:
+        # The same images, decoded as the teacher was trained to see them.
+        teacher_pixels = train_set.load(distiller.teacher.spec, strokes, config.stroke_variants, config.seed)
+        if not np.array_equal(teacher_pixels.labels, train_data.labels):
+            raise DataError("the teacher's and the student's decodings of the training images differ in order")
 
     torch.manual_seed(config.seed)
     method = ckpt.build_method(_arch_meta(config))
@@ -220,6 +252,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         ckpt.load_optimizer_state(run_dir / ckpt.LAST, optimizer, state_meta)
 
     images = to_tensor(train_data.pixels, spec, device).contiguous(memory_format=torch.channels_last)
+    teacher_images = None if teacher_pixels is None else to_tensor(teacher_pixels.pixels, teacher_pixels.spec, device)
     sampler = EpisodeSampler(
         train_data.labels, train_data.class_groups, config.way, config.shot, config.query, seed=config.seed
     )
@@ -239,6 +272,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         "train_config": dataclasses.asdict(config),
         "versions": ckpt.versions(),
     }
+    if distiller is not None:
+        meta["teacher"] = distiller.teacher.identity()
     if init_report is not None:
         meta["init_weights"] = init_report
     elif state_meta is not None and "init_weights" in state_meta:
@@ -255,7 +290,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         if start_episode == 0 and config.pretrain_epochs > 0:
             _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain)
         for episode in range(start_episode, config.episodes):
-            stats = _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks)
+            stats = _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks,
+                                distiller, teacher_images)  # fmt: skip
             if on_step is not None and ranks.main:
                 on_step(stats)
             done = episode + 1
@@ -265,6 +301,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                     continue
                 row = {"episode": done, "loss": stats.loss, "train_accuracy": stats.accuracy,
                        "seconds": time.perf_counter() - t0}  # fmt: skip
+                if stats.distill_loss is not None:
+                    row["distill_loss"] = stats.distill_loss
                 step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
                 result = None
                 if val_data is not None:
@@ -334,7 +372,11 @@ def _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pr
 
 def _algorithm_config(config: TrainConfig) -> dict:
     if config.algorithm == "protonet":
-        return {"metric": config.metric}
+        # The easyfsl options only where set, so checkpoints of the default stay as they were.
+        extra = {"loss_distance": config.loss_distance} if config.loss_distance != "squared" else {}
+        if config.embed_passes != 1:
+            extra["passes"] = config.embed_passes
+        return {"metric": config.metric, **extra}
     inner = {"inner_steps": config.inner_steps, "inner_lr": config.inner_lr}
     return {k: v for k, v in inner.items() if v is not None}  # unset: the method's own defaults
 
@@ -355,38 +397,55 @@ def _backbone_kwargs(config: TrainConfig) -> dict:
     return kwargs
 
 
-def _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks) -> StepStats:
+def _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks, distiller=None,
+                teacher_images=None) -> StepStats:  # fmt: skip
     """One meta-update: the mean query loss of `meta_batch` tasks, then one optimizer step.
 
     Under torchrun the tasks are dealt round-robin to the ranks and their gradients summed across ranks,
     so any number of ranks computes the same update as one process (up to float summation order).
+    With a `distiller`, each task's loss adds the teacher's, the teacher run on the task's own images: the
+    student's warped images where both read the same preprocessing, else `teacher_images` (N, C, St, St), the
+    same images at the teacher's, warped by the same draws.
     """
     lr = lr_at(config, episode)
     for group in optimizer.param_groups:
         group["lr"] = lr
     method.train()
     optimizer.zero_grad(set_to_none=True)
-    losses, accuracies = [], []
+    losses, accuracies, distill_losses = [], [], []
     for task in range(ranks.rank, config.meta_batch, ranks.world):
         index = episode * config.meta_batch + task
         ep = sampler.episode(index)
-        x = images[torch.from_numpy(np.concatenate([ep.support, ep.query]))]
+        rows = torch.from_numpy(np.concatenate([ep.support, ep.query]))
+        x = images[rows]
+        xt = None if teacher_images is None else teacher_images[rows]
         if augment is not None:
             # Seeded per task: a resumed run draws exactly the warps the uninterrupted run would have.
-            gen = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + index)
-            x = augment(x, gen)
+            warp_seed = config.seed * 1_000_003 + index
+            x = augment(x, torch.Generator(device=device).manual_seed(warp_seed))
+            if xt is not None:  # the same draws: warps are in coordinates relative to the side, whatever its pixels
+                xt = augment(xt, torch.Generator(device=device).manual_seed(warp_seed))
         ns = len(ep.support)
         support_labels = torch.from_numpy(ep.support_labels).to(device)
         query_labels = torch.from_numpy(ep.query_labels).to(device)
-        logits = method.episode_logits(x[:ns], support_labels, x[ns:], config.way)
-        loss = F.cross_entropy(logits, query_labels)
+        if distiller is None:
+            logits = method.episode_logits(x[:ns], support_labels, x[ns:], config.way)
+            loss = F.cross_entropy(logits, query_labels)
+        else:
+            zs, zq = method.embed_episode(x[:ns], x[ns:])
+            logits = method.logits_from_embeddings(zs, support_labels, zq, config.way)
+            targets = distiller.targets(x if xt is None else xt)
+            distill_loss = distiller.loss(zs, zq, logits, targets, support_labels, config.way)
+            loss = F.cross_entropy(logits, query_labels) + distill_loss
+            distill_losses.append(distill_loss.item())
         # Backward per task frees its graph at once: memory stays at one task's, not meta_batch tasks'.
         (loss / config.meta_batch).backward()
         losses.append(loss.item())
         accuracies.append((logits.argmax(1) == query_labels).float().mean().item())
     distributed.all_reduce_gradients(method, ranks)
     optimizer.step()
-    return StepStats(episode=episode + 1, loss=float(np.mean(losses)), accuracy=float(np.mean(accuracies)), lr=lr)
+    return StepStats(episode=episode + 1, loss=float(np.mean(losses)), accuracy=float(np.mean(accuracies)), lr=lr,
+                     distill_loss=float(np.mean(distill_losses)) if distill_losses else None)  # fmt: skip
 
 
 if __name__ == "__main__":

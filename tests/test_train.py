@@ -103,3 +103,48 @@ def test_learning_rate_schedule():
     assert lr_at(cfg, 0) == pytest.approx(1e-3)
     assert lr_at(cfg, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert lr_at(cfg, 100) == pytest.approx(1e-5)
+
+
+def test_easyfsl_options_change_the_training_loss_not_what_is_evaluated():
+    """--loss-distance plain trains on -||q - p||, --embed-passes 2 normalises support and query apart (issue 17)."""
+    from metaedge.methods.protonet import ProtoNet
+    from metaedge.models import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("conv4", in_channels=1, width=8)
+    nets = {(d, p): ProtoNet(backbone, loss_distance=d, passes=p) for d in ("squared", "plain") for p in (1, 2)}
+    support, query, labels = torch.rand(5, 1, 28, 28), torch.rand(7, 1, 28, 28) + 0.5, torch.arange(5)
+    for net in nets.values():
+        net.train()
+    with torch.no_grad():
+        logits = {k: net.episode_logits(support, labels, query, 5) for k, net in nets.items()}
+    torch.testing.assert_close(logits["plain", 1], -(-logits["squared", 1]).sqrt())
+    # Training mode: batch norm normalises by the batch, so two passes (query brighter than support) differ.
+    assert (logits["squared", 2] - logits["squared", 1]).abs().max() > 1e-2
+    for net in nets.values():
+        net.eval()  # running statistics: one pass or two embed every image alike
+    with torch.no_grad():
+        evaluated = {k: net.episode_logits(support, labels, query, 5) for k, net in nets.items()}
+    torch.testing.assert_close(evaluated["squared", 2], evaluated["squared", 1])
+    assert nets["plain", 2].config() == {"metric": "sqeuclidean", "init_scale": 10.0, "loss_distance": "plain",
+                                         "passes": 2}  # fmt: skip
+    assert nets["squared", 1].config() == {"metric": "sqeuclidean", "init_scale": 10.0}
+
+
+def test_easyfsl_options_are_recorded_and_bad_ones_refused(omniglot_zips, tmp_path):
+    from metaedge.errors import MetaedgeError
+
+    train(tiny(omniglot_zips, tmp_path / "run", episodes=2, val_every=2, val_episodes=2, loss_distance="plain",
+               embed_passes=2))  # fmt: skip
+    loaded = ckpt.load(tmp_path / "run")
+    assert loaded.meta["algorithm"]["config"] == {"metric": "sqeuclidean", "loss_distance": "plain", "passes": 2}
+    assert (loaded.method.loss_distance, loaded.method.passes) == ("plain", 2)
+    default = tiny(omniglot_zips, tmp_path / "default", episodes=2, val_every=2, val_episodes=2)
+    train(default)
+    assert ckpt.read_meta(tmp_path / "default" / ckpt.BEST)["algorithm"]["config"] == {"metric": "sqeuclidean"}
+    for bad, match in (({"metric": "cosine", "loss_distance": "plain"}, "needs metric sqeuclidean"),
+                       ({"embed_passes": 3}, "must be 1"), ({"loss_distance": "cubed"}, "unknown loss distance"),
+                       ({"algorithm": "maml", "embed_passes": 2}, "ProtoNet's")):  # fmt: skip
+        with pytest.raises(MetaedgeError, match=match):
+            train(tiny(omniglot_zips, tmp_path / "bad", episodes=2, **bad))
+        assert not (tmp_path / "bad").exists()
