@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,14 @@ def torchrun(cli: list[str]) -> subprocess.CompletedProcess:
     teardown (metaedge/train.py) did not cure it. A retry, from scratch (--overwrite), keeps the test about the
     weights; any other failure, or the abort twice in a row, still fails it.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "metaedge.train", *cli]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0 and GLOO_TEARDOWN_ABORT in done.stderr:
+    # torchrun's elastic agent leaves a /tmp/torchelastic_* folder per launch: give it a temporary TMPDIR
+    with tempfile.TemporaryDirectory(prefix="metaedge-torchrun-") as tmp:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 and GLOO_TEARDOWN_ABORT in done.stderr:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     return done
 
 
