@@ -11,10 +11,10 @@ barely moves it, and its int8 graph passes.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import pytest
+import test_onnx_import
 from PIL import Image
 
 from metaedge import checkpoint as ckpt
@@ -23,27 +23,12 @@ from metaedge.exporter import ExportError
 from metaedge.onnx_import import import_onnx
 from metaedge.parity import TOLERANCES
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10_600.zip"
-CLASSES = ("cat", "ship", "frog", "truck")
 SIZE = 64
+photos = test_onnx_import.photos  # the module-scoped fixture: 4 classes x 8 CIFAR-10 photos in class/ folders
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 # The diagnosis fires where input rounding alone uses this much of the int8 cosine budget.
 FLAG = 1.0 - quantize.PROBE_SHARE * (1.0 - TOLERANCES["int8"]["min_cosine"])
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """`class/image` folders of real CIFAR-10 test photos: 4 classes x 8."""
-    if not CIFAR.is_file():
-        pytest.skip(f"the shared CIFAR-10 photos are not at {CIFAR}")
-    root = tmp_path_factory.mktemp("photos")
-    with zipfile.ZipFile(CIFAR) as z:
-        for c in CLASSES:
-            (root / c).mkdir()
-            for i in range(8):
-                (root / c / f"{i:02d}.jpg").write_bytes(z.read(f"cifar10/{c}/{500 + i:04d}.jpg"))
-    return root
 
 
 @pytest.fixture(scope="module")
