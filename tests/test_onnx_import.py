@@ -53,6 +53,12 @@ def network(photos):
     """torchvision MobileNetV3-Small, classifier removed. No pretrained weights can be had here, and a randomly
     initialised one gives vanishing (1e-7) features, so its batch-norm statistics are set from the photos: a
     network with a real spread of features, as one trained elsewhere has."""
+    return mobilenet_with_statistics_of(photo_batch(photos)[1])
+
+
+def mobilenet_with_statistics_of(batch: torch.Tensor) -> torch.nn.Module:
+    """torchvision MobileNetV3-Small (seed 0, classifier removed), batch-norm statistics the averages over `batch`
+    (N, 3, H, W), preprocessed; in eval mode."""
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v3_small(weights=None)
     net.classifier = torch.nn.Identity()
@@ -62,7 +68,7 @@ def network(photos):
             m.momentum = None  # a cumulative average over the batch
     net.train()
     with torch.no_grad():
-        net(photo_batch(photos)[1])
+        net(batch)
     return net.eval()
 
 

@@ -37,16 +37,8 @@ def mobilenet(photos, tmp_path_factory) -> Path:
     t = torchvision.transforms
     prep = t.Compose([t.Resize(73), t.CenterCrop(SIZE), t.ToTensor(),
                       t.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])  # fmt: skip
-    torch.manual_seed(0)
-    net = torchvision.models.mobilenet_v3_small(weights=None)
-    net.classifier = torch.nn.Identity()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batch
-    net.train()
-    with torch.no_grad():
-        net(torch.stack([prep(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*/*.jpg"))]))
+    batch = torch.stack([prep(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*/*.jpg"))])
+    net = test_onnx_import.mobilenet_with_statistics_of(batch)
     path = tmp_path_factory.mktemp("onnx") / "mobilenet_v3_small.onnx"
     torch.onnx.export(net.eval(), (torch.zeros(2, 3, SIZE, SIZE),), str(path), input_names=["input"],
                       output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
