@@ -114,7 +114,8 @@ class Gallery:
     """Enrolled classes of one model, kept in a SQLite file (WAL mode) that survives reboots and power loss.
 
     Every change is one transaction: a crash at any moment leaves each class either whole or absent.
-    One process may write while others read. A Gallery object belongs to the thread that made it.
+    One process may write while others read. A Gallery object belongs to the thread that made it, unless made with
+    any_thread=True by a caller that makes every call one at a time itself (the service's event loop).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Gallery:
         create: bool = True,
         readonly: bool = False,
         timeout: float = 5.0,
+        any_thread: bool = False,
     ) -> None:
         """Open the gallery at `path` (None or ":memory:": a new in-memory one) for the model `model_id`, whose
         embeddings have `embedding_dim` values. `timeout`: seconds to wait for another process's write lock."""
@@ -153,7 +155,8 @@ class Gallery:
         else:
             target = self._file_uri(create)
         try:
-            self._db = sqlite3.connect(target, timeout=self._timeout, isolation_level=None, uri=target != ":memory:")
+            self._db = sqlite3.connect(target, timeout=self._timeout, isolation_level=None, uri=target != ":memory:",
+                                       check_same_thread=not any_thread)  # fmt: skip
         except sqlite3.Error as e:
             raise self._error(e, "open it") from e
         try:

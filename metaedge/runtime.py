@@ -57,10 +57,12 @@ class Runtime:
 
     bundle: an exported bundle directory (default: the reference bundle shipped with metaedge).
     store: a gallery database path (default, or ":memory:": an in-memory gallery that lives as long as the runtime).
+    any_thread: calls may come from another thread than the one that made the runtime, one at a time (the caller
+    serialises them); by default the gallery refuses that.
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, store: str | os.PathLike | None = None,
-                 *, readonly: bool = False) -> None:  # fmt: skip
+                 *, readonly: bool = False, any_thread: bool = False) -> None:  # fmt: skip
         from metaedge.gallery import Gallery
 
         self.bundle = bundle_io.load(REFERENCE_BUNDLE if bundle is None else bundle)
@@ -68,7 +70,8 @@ class Runtime:
         self.spec = self.bundle.preprocess
         self.metric = self.bundle.metric
         self.gallery = Gallery(
-            store, self.bundle.model_id, self.bundle.embedding_dim, create=not readonly, readonly=readonly
+            store, self.bundle.model_id, self.bundle.embedding_dim, create=not readonly, readonly=readonly,
+            any_thread=any_thread,
         )
         self._head_cache: tuple | None = None  # (gallery version, weight (C, D), bias (C,))
         self._proto_cache: tuple | None = None  # (gallery version, labels, prototypes (C, D), shots (C,))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 def native_build_problem() -> str | None:
     """Why the metaedge under test has no compiled kernels (`metaedge._C`), with the fix; None when it has them.
 

@@ -105,7 +105,7 @@ def test_help_shows_no_type_for_flags():
 
     root = typer.main.get_command(app)
     seen = 0
-    for argv, command in _commands(root):
+    for argv, _command in _commands(root):
         result = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, argv
         assert "<bool>" not in result.stdout, argv

@@ -13,6 +13,7 @@ from PIL import Image
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (pip install httpx)")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from metaedge.runtime import Runtime  # noqa: E402
 from metaedge.serve import ServeConfig, ServeLimits, create_app  # noqa: E402
 from metaedge.serve.errors import ServeError  # noqa: E402
 from metaedge.serve.security import check_bind, load_key  # noqa: E402
@@ -100,8 +101,10 @@ def test_info_healthz_and_metrics(client):
     assert info["preprocess"]["size"] > 0 and info["limits"]["max_images"] == LIMITS.max_images
     assert client.get("/healthz").json()["status"] == "ok"
     client.get("/v1/classes")
+    client.post("/v1/classify?top_k=0", files=files(character(3)[12:13]))  # a plain Starlette route, refused
     text = client.get("/metrics").text
     assert 'metaedge_http_requests_total{method="GET",route="/v1/classes",status="200"}' in text
+    assert 'metaedge_http_requests_total{method="POST",route="/v1/classify",status="422"}' in text
     assert 'metaedge_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/v1/classes"}' in text
     classes = len(client.get("/v1/classes").json())
     assert f"metaedge_gallery_classes {float(classes)}" in text
@@ -132,15 +135,18 @@ def test_docs_and_everything_it_loads_come_from_the_service(client):
     for url in referenced:
         r = client.get(url)
         assert r.status_code == 200 and len(r.content) > 500, url
-    assert client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]
+    classify = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]
+    assert [p["name"] for p in classify["parameters"]] == ["top_k", "threshold", "no_threshold", "adapt"]
     assert "validatorUrl" in page.text  # Swagger UI's default asks validator.swagger.io about the spec
     for other in ("/docs/../pyproject.toml", "/docs/core.py", "/docs/..%2F__init__.py", "/redoc"):
         assert client.get(other).status_code == 404, other
 
 
 def test_classify_and_locate_requests_run_nothing_on_worker_threads(client, monkeypatch):
-    """A plain `def` dependency (the API-key check was one) costs a thread hand-off per request: the hot routes run
-    on the event loop, then on the runtime's own thread, and nowhere else."""
+    """A plain `def` dependency (the API-key check was one) costs a thread hand-off per request: the hot routes, and
+    the runtime's call in them, run on the event loop's thread and nowhere else."""
+    import threading
+
     import anyio.to_thread
 
     handed = []
@@ -151,11 +157,20 @@ def test_classify_and_locate_requests_run_nothing_on_worker_threads(client, monk
         return await real(fn, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    threads = set()
+    real_classify = Runtime.classify
+
+    def classify(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return real_classify(*args, **kwargs)
+
+    monkeypatch.setattr(Runtime, "classify", classify)
     image = character(3)[12].read_bytes()
     assert client.post("/v1/classify?top_k=2", content=image, headers={"Content-Type": "image/png"}).status_code == 200
     assert client.post("/v1/classify", files=files(character(3)[12:13])).status_code == 200
     assert client.post("/v1/locate", content=image, headers={"Content-Type": "image/png"}).status_code == 409
     assert handed == []
+    assert threads == {client.portal.call(threading.get_ident)}  # the loop's thread (the test client's portal)
 
 
 def _bomb() -> bytes:
@@ -235,6 +250,16 @@ BAD_REQUESTS = {
     "label-missing": (("post", "/v1/classes"), {"files": files(character(6)[:1])}, 422, "label must be a string"),
     "rename-to-slash": (("patch", "/v1/classes/c1"), {"json": {"label": "x/y"}}, 422, "path separator"),
     "top-k-zero": (("post", "/v1/classify?top_k=0"), {"files": files(character(6)[:1])}, 422, "top_k"),
+    "top-k-word": (("post", "/v1/classify?top_k=two"), {"files": files(character(6)[:1])}, 422, "top_k: 'two'"),
+    "top-k-huge": (("post", "/v1/classify?top_k=1001"), {"files": files(character(6)[:1])}, 422, "1 to 1000"),
+    "threshold-word": (("post", "/v1/classify?threshold=high"), {"files": files(character(6)[:1])}, 422,
+                       "threshold: 'high'"),
+    "threshold-nan": (("post", "/v1/classify?threshold=nan"), {"files": files(character(6)[:1])}, 422,
+                      "threshold: not a number"),
+    "adapt-maybe": (("post", "/v1/classify?adapt=maybe"), {"files": files(character(6)[:1])}, 422,
+                    "adapt: 'maybe' is not a boolean"),
+    "no-threshold-maybe": (("post", "/v1/classify?no_threshold=2"), {"files": files(character(6)[:1])}, 422,
+                           "no_threshold"),
     "thumbnail-unknown": (("get", "/v1/thumbnails/999999"), {}, 404, "no thumbnail"),
     "thumbnail-not-a-number": (("get", "/v1/thumbnails/..%2Fetc"), {}, 4, ""),
 }  # fmt: skip
@@ -281,6 +306,31 @@ def test_a_missing_or_wrong_key_is_refused(keyed, headers):
     assert keyed.get("/healthz").status_code == 200 and keyed.get("/").status_code == 200  # probes and the page
 
 
+def test_the_key_is_checked_before_the_body_is_read(tmp_path):
+    """A client without the key cannot make the service read (spool, parse) an upload: 401 before any body."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    app = create_app(ServeConfig(store=None, api_key_file=str(key_file)))
+    reads, sent = [], []
+
+    async def receive():
+        reads.append(1)
+        return {"type": "http.request", "body": GOOD, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"image/png"), (b"x-api-key", b"wrong" * 4)], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "state": {}}  # fmt: skip
+    import asyncio
+
+    asyncio.run(app(scope, receive, send))
+    app.state.worker.close()
+    assert sent[0]["status"] == 401 and reads == []
+
+
 def test_the_right_key_is_accepted_either_way(keyed):
     assert keyed.get("/v1/classes", headers={"X-API-Key": KEY}).json() == []
     assert keyed.get("/v1/classes", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
@@ -291,7 +341,10 @@ def test_cors_is_off_unless_an_origin_is_given(client, keyed):
     assert "access-control-allow-origin" not in client.options("/v1/classes", headers=preflight).headers
     assert "access-control-allow-origin" not in keyed.options("/v1/classes", headers=preflight).headers
     allowed = keyed.options("/v1/classes", headers={**preflight, "Origin": "https://ok.example"})
-    assert allowed.headers["access-control-allow-origin"] == "https://ok.example"
+    # a browser's preflight carries no key: answered by CORS, not refused by the key check
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://ok.example"
+    refused = keyed.get("/v1/classes", headers={"Origin": "https://ok.example"})  # the page can read why
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://ok.example"
 
 
 def test_binding_beyond_loopback_needs_a_key(tmp_path, monkeypatch):

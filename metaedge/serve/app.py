@@ -1,13 +1,11 @@
-"""The FastAPI application: configuration, one Runtime per process on its own thread, middleware, routes."""
+"""The FastAPI application: configuration, one Runtime per process on the event loop, middleware, routes."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -17,7 +15,7 @@ import metaedge
 from metaedge.gallery import GalleryError
 from metaedge.serve import errors
 from metaedge.serve.metrics import Metrics, MetricsMiddleware
-from metaedge.serve.security import SecurityHeaders, check_bind, load_key
+from metaedge.serve.security import RequireKey, SecurityHeaders, check_bind, load_key
 from metaedge.serve.uploads import BodyLimit, ServeLimits
 
 CONFIG_ENV = "METAEDGE_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
@@ -44,9 +42,15 @@ class ServeConfig:
         return cls(**{**d, "cors_origins": tuple(d["cors_origins"]), "limits": ServeLimits(**d["limits"])})
 
 
-class RuntimeThread:
-    """A Runtime made and used on one thread: its SQLite connection belongs to the thread that opened it, and one
-    caller at a time keeps each request's enrollment a single, ordered transaction."""
+class ServedRuntime:
+    """The process's one Runtime, called on the event loop's own thread, one call at a time.
+
+    Each call blocks the loop while it runs. That costs the process nothing it had: one runtime serves one call at
+    a time anyway (one ordered transaction per enrollment), and a call that waits for it waits either way. What it
+    saves is the hand-off to a runtime thread and back: two thread wake-ups per request, measured at 0.3-0.4 ms of
+    a 2 ms classify through HTTP on this VM (scripts/bench_serve.py). The runtime may be made on another thread than
+    the loop's (a test client's portal thread; uvicorn makes the app on the loop's), hence any_thread.
+    """
 
     def __init__(self, bundle: str | None, store: str | None, *, readonly: bool = False) -> None:
         from metaedge import ort
@@ -54,21 +58,15 @@ class RuntimeThread:
         # Requests come one at a time per worker, and workers share the cores: ONNX Runtime's threads must not
         # spin between requests (measured: CPU per classify 4.4 -> 3.3 ms in process, less under --workers 2).
         ort.ALLOW_SPINNING = False
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaedge-runtime")
         self.readonly = readonly
-        try:
-            self.runtime = self._pool.submit(metaedge.Runtime, bundle, store, readonly=readonly).result()
-        except BaseException:
-            self._pool.shutdown()
-            raise
+        self.runtime = metaedge.Runtime(bundle, store, readonly=readonly, any_thread=True)
 
     async def call(self, fn, *args, **kwargs):
-        """Run fn(runtime, *args, **kwargs) on the runtime's thread without blocking the event loop."""
-        return await asyncio.wrap_future(self._pool.submit(fn, self.runtime, *args, **kwargs))
+        """fn(runtime, *args, **kwargs), now. A coroutine so that routes need not change if calls move off the loop."""
+        return fn(self.runtime, *args, **kwargs)
 
     def close(self) -> None:
-        self._pool.submit(self.runtime.close).result()
-        self._pool.shutdown()
+        self.runtime.close()
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -80,14 +78,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     key = load_key(config.api_key_file)
     check_bind(config.host, key)
     try:
-        worker = RuntimeThread(config.bundle, config.store)
+        worker = ServedRuntime(config.bundle, config.store)
     except GalleryError as e:
         if config.store is None or "is read-only" not in str(e):
             raise
         # Storage gone read-only (a failing card remounted, a read-only image): keep classifying what is
         # enrolled; every write answers 503 with the reason.
         logging.getLogger("uvicorn.error").warning("%s: serving it read-only", e)
-        worker = RuntimeThread(config.bundle, config.store, readonly=True)
+        worker = ServedRuntime(config.bundle, config.store, readonly=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,8 +100,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.config, app.state.api_key, app.state.worker = config, key, worker
     app.state.metrics = Metrics()
     errors.install(app)
+    app.router.routes[:0] = routes.fast  # matched first; FastAPI's own routes after them
     app.include_router(routes.api)
     app.include_router(routes.plain)
+    app.openapi = lambda: _openapi(app, routes.FAST_DOCS)
+    # Middleware added later runs earlier. The key is checked before routing and before the body is read, and
+    # inside CORS: a browser's preflight carries no key, and a 401 needs CORS headers for the page to read it.
+    app.add_middleware(RequireKey, key=key)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -113,6 +116,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times everything, 413s too
     return app
+
+
+def _openapi(app: FastAPI, extra_paths: dict) -> dict:
+    """FastAPI's schema of its own routes, plus the documentation of the plain Starlette ones it cannot see."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # made once, then kept in app.openapi_schema
+        schema["paths"] = {**extra_paths, **schema["paths"]}
+    return app.openapi_schema
 
 
 def app_from_environment() -> FastAPI:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 from pathlib import Path
 
-from fastapi import Request
-
-from metaedge.serve.errors import ServeError
+from metaedge.serve.errors import ServeError, error_body
 
 KEY_ENV = "METAEDGE_API_KEY"
 MIN_KEY_LENGTH = 16
@@ -65,28 +64,45 @@ def check_bind(host: str, key: str | None) -> None:
         )
 
 
-def presented_key(request: Request) -> str | None:
-    """The key a client sent: `X-API-Key: KEY` or `Authorization: Bearer KEY`."""
-    key = request.headers.get("x-api-key")
+def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
+    """The key a client sent, as sent: `X-API-Key: KEY` or `Authorization: Bearer KEY` (ASGI headers: bytes, names
+    lower-case)."""
+    key = headers.get(b"x-api-key")
     if key is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        key = token.strip() if scheme.lower() == b"bearer" else None
     return key
 
 
-async def require_key(request: Request) -> None:
-    """FastAPI dependency of every /v1 route and /metrics: 401 unless the configured key (if any) was sent.
+def protected(path: str) -> bool:
+    """Paths behind the key: the API and the metrics. The page, its files, /docs and /healthz are not (the page
+    asks for the key and sends it with each API call)."""
+    return path.startswith("/v1/") or path == "/v1" or path == "/metrics"
 
-    async although it never awaits: FastAPI runs a plain `def` dependency on a worker thread, and those hand-offs
-    (cProfile: four per classify request, and a new thread started for one of them) were the largest part of
-    what the app added to a classify (tests/test_serve.py keeps the hot routes off worker threads)."""
-    expected: str | None = request.app.state.api_key
-    if expected is None:
-        return
-    sent = presented_key(request)
-    # compare_digest: the time taken does not tell an attacker how many leading characters were right.
-    if sent is None or not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
-        raise ServeError("missing or wrong API key (send it as X-API-Key or Authorization: Bearer)", 401)
+
+class RequireKey:
+    """ASGI middleware: 401 for a protected path unless the configured key (if any) was sent.
+
+    Checked before routing and before a byte of the body is read, so a client without the key cannot make the
+    service spool an upload; and as middleware rather than a FastAPI dependency, which cost every request a
+    pass through FastAPI's dependency solver (the largest part of what the app added to a classify)."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app = app
+        self.key = None if key is None else key.encode("utf-8")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.key is None or scope["type"] != "http" or not protected(scope["path"]):
+            return await self.app(scope, receive, send)
+        sent = presented_key(dict(scope["headers"]))
+        # compare_digest: the time taken does not tell an attacker how many leading characters were right.
+        if sent is not None and hmac.compare_digest(sent, self.key):
+            return await self.app(scope, receive, send)
+        body = json.dumps(error_body("missing or wrong API key (send it as X-API-Key or Authorization: Bearer)"))
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="metaedge"')]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body.encode()})
 
 
 class SecurityHeaders:
