@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from metaedge.demo import SAMPLES
+from metaedge.images import preprocess
+from metaedge.ort import run_batched
 from metaedge.runtime import Runtime
 
 BLOCK = 10  # calls to one bundle before the other takes its turn (--against)
@@ -63,6 +65,8 @@ def main() -> None:
             rt.embed([images[chars[0].name][0]])  # session warm-up: first-inference cost is not steady state
         for start in range(0, len(chars), BLOCK):
             for rt, times in zip(runtimes, enroll_ms, strict=True):
+                # Untimed, as for classify: this model's enrollment graph back in the caches.
+                run_batched(rt.enroll_session, preprocess(images[chars[0].name][:5], rt.spec), rt.max_batch)
                 for c in chars[start : start + BLOCK]:
                     t = time.perf_counter()
                     rt.enroll(c.name, images[c.name][:5])

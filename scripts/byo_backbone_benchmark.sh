@@ -7,12 +7,17 @@
 #      wrapped by `metaedge export --onnx` (fp32 and int8), enrolled and classified through the CLI on photos.
 #   3. `metaedge profile` of those bundles at 224x224 and of the shipped Omniglot bundle, in the same run.
 # Usage: bash scripts/byo_backbone_benchmark.sh [OUT_DIR]   (default /tmp/byo_bench; stages already done are kept)
+#   env: SCALE (1): multiplies stage 1's episode counts (the CPU budget, equal across the three networks);
+#        STAGES ("1 2 3"): the stages to run (3 needs 2's outputs and makes them where missing).
 # Each step runs under `nice -n 10` on one thread: the machine it was measured on is shared.
 set -euo pipefail
 OUT=${1:-/tmp/byo_bench}
 DATA=${DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/cifar10/cifar10_600.zip}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 RUN="nice -n 10 metaedge"
+SCALE=${SCALE:-1}
+STAGES=${STAGES:-1 2 3}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 
 # --- 1. meta-training from scratch at the same budget: the three run side by side, one thread each, with
@@ -25,9 +30,10 @@ train() {  # name backbone episodes
     $RUN train "${COMMON[@]}" --backbone "$2" --episodes "$3" --val-every "$3" --out "$OUT/runs/$1" --json \
     > "$OUT/train-$1.json"
 }
-train conv4 conv4 750 &
-train mnv3s timm:mobilenetv3_small_100 600 &
-train resnet18 torchvision:resnet18 200 &
+if stage 1; then
+train conv4 conv4 $((750 * SCALE)) &
+train mnv3s timm:mobilenetv3_small_100 $((600 * SCALE)) &
+train resnet18 torchvision:resnet18 $((200 * SCALE)) &
 wait
 for run in conv4 mnv3s resnet18; do
   for shot in 1 5; do
@@ -35,6 +41,8 @@ for run in conv4 mnv3s resnet18; do
       --episodes 1000 --seed 0 --device cpu --json > "$OUT/eval-$run-${shot}shot.json"
   done
 done
+fi
+stage 2 || stage 3 || exit 0
 
 # --- 2. an ONNX feature extractor made outside metaedge -> bundle -> Runtime and CLI on photos ------------------
 # Photos: 30 test images of each held-out class to verify, enroll and classify; 60 of each training class to
