@@ -179,7 +179,8 @@ def write_verification(reports: list[ParityReport], path: Path, force: bool, qua
     failed = [r for r in reports if not r.passed]
     if failed and not force:
         details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}" for r in failed)
-        why = quantize.diagnosis(quantization) if any(r.precision == "int8" for r in failed) else None
+        int8 = [f for r in failed if r.precision == "int8" for f in r.failures]
+        why = quantize.diagnosis(quantization, int8) if any(r.precision == "int8" for r in failed) else None
         details += f" ({why})" if why else ""
         raise ExportError(f"parity check failed, nothing written: {details} (--force writes it anyway)")
     path.write_text(json.dumps({"reports": [r.to_dict() for r in reports], "forced": bool(failed)}, indent=2) + "\n")

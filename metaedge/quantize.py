@@ -26,7 +26,8 @@ the simplest stays. Why none passes differs by network, and none of it is the ca
 - a MobileNetV3-Small trained 4 epochs as a CIFAR classifier (64x64) is not sensitive that way (0.9999998) but
   its embeddings are nearly parallel (median pairwise cosine 0.9998): int8 keeps their direction (min cosine
   0.9999) yet the few-shot decisions hang on the 2% that differs, and agreement stays at 0.89-0.92 under
-  every setting above;
+  every setting above. `median_pairwise_cosine` measures this on every export (`embedding_spread`), and
+  `diagnosis` gives it as the reason when agreement is what failed;
 - a timm MobileNetV3-Large after 3 episodes at 224x224 is neither (0.99999; pairwise cosine 0.76): its error
   grows block by block, signal-to-quantization-noise 39 dB after the stem, 20 dB at the embedding, and some
   images land far off (min cosine 0.51, agreement 0.61; QDQ or only Conv quantized: no better).
@@ -51,6 +52,13 @@ PROBE_IMAGES = 64
 # The input is one of dozens of tensors an int8 backbone rounds, each about as finely: where rounding it alone
 # uses a tenth of the int8 gate's cosine budget, the whole graph cannot stay inside that budget.
 PROBE_SHARE = 0.1
+# Embeddings this close to parallel (median cosine between two images' float embeddings) leave few-shot decisions
+# to the small part in which they differ, which int8 rounding moves: a MobileNetV3-Small trained 4 epochs as a
+# CIFAR classifier sat at 0.9998 and kept min cosine 0.9999 through int8 yet agreed on 89-92% of answers. Networks
+# that pass the gate sit lower (on 62 of the shipped Korean samples: the Omniglot ensemble's int8 graph 0.931, a
+# ResNet-12 after 500 distilled episodes 0.967, whose int8 graph agreed on 99%); ReLU embeddings, all positive,
+# are never far from parallel.
+SPREAD_LIMIT = 0.99
 # Integer kernels outside the QLinear* family (ONNX's, int32 out).
 _INTEGER_OPS = {"ConvInteger", "MatMulInteger"}
 
@@ -59,8 +67,9 @@ def quantize_int8(source: Path, out: Path, images: np.ndarray, input_name: str) 
     """Quantize the float graph `source` into `out`; images: float32 (N, C, S, S), preprocessed as the device does.
 
     Returns what the manifest records about it: the method, the number of calibration images, the op types
-    quantized and left float (node counts: `op_counts`), and `input_rounding`: the input-rounding probe's
-    min cosine over its images (`input_rounding_cosine`).
+    quantized and left float (node counts: `op_counts`), `input_rounding`: the input-rounding probe's min cosine
+    over its images (`input_rounding_cosine`), and `embedding_spread`: how parallel the float graph's embeddings of
+    those images are (`median_pairwise_cosine`). `diagnosis` reads the last two.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -90,10 +99,12 @@ def quantize_int8(source: Path, out: Path, images: np.ndarray, input_name: str) 
         except Exception as e:  # the quantizer raises many types; all mean the same thing to the user
             raise MetaedgeError(f"int8 quantization of {source.name} failed: {e}") from None
     quantized, left_float = op_counts(out)
+    probed = images[:PROBE_IMAGES]
     return {"precision": "int8", "method": METHOD, "calibration_images": int(len(images)),
             "quantized_ops": quantized, "float_ops": left_float,
-            "input_rounding": {"images": int(min(len(images), PROBE_IMAGES)),
-                               "min_cosine": input_rounding_cosine(source, images[:PROBE_IMAGES])}}  # fmt: skip
+            "input_rounding": {"images": len(probed), "min_cosine": input_rounding_cosine(source, probed)},
+            "embedding_spread": {"images": len(probed),
+                                 "median_pairwise_cosine": median_pairwise_cosine(source, probed)}}  # fmt: skip
 
 
 def op_counts(path: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -148,19 +159,43 @@ def input_rounding_cosine(source: Path, images: np.ndarray) -> float:
     return float(((a * b).sum(axis=1) / norms).min())
 
 
-def diagnosis(quantization: dict | None) -> str | None:
-    """Why an int8 graph cannot pass the parity gate, where its input-rounding probe says so; else None."""
+def median_pairwise_cosine(source: Path, images: np.ndarray) -> float:
+    """The median cosine similarity between the float graph's outputs for two different images (N, C, S, S), each
+    output flattened; 0.0 with fewer than two images. Near 1: every image lands in almost the same direction."""
+    from metaedge.ort import create_session, run_batched
+
+    if len(images) < 2:
+        return 0.0
+    z = run_batched(create_session(source), images).reshape(len(images), -1).astype(np.float64)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return float(np.median((z @ z.T)[np.triu_indices(len(z), k=1)]))
+
+
+def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> str | None:
+    """Why an int8 graph cannot pass the parity gate, where its probes say so; else None.
+
+    failures: the gate's failure messages for the int8 graph (parity.ParityReport.failures); the spread reason is
+    given only where agreement failed, the one criterion it explains."""
     from metaedge.parity import TOLERANCES
 
-    probe = (quantization or {}).get("input_rounding")
+    quantization = quantization or {}
+    probe = quantization.get("input_rounding")
     budget = 1.0 - TOLERANCES["int8"]["min_cosine"]
-    if probe is None or not 1.0 - probe["min_cosine"] > PROBE_SHARE * budget:
-        return None
-    cosine = probe["min_cosine"]
-    return (f"this network is too sensitive for int8: rounding only its input to the int8 graph's 8-bit grid "
-            f"already moves the float graph to min cosine {cosine:.4f} on {probe['images']} calibration images, "
-            f"{(1.0 - cosine) / budget:.0%} of the int8 cosine budget (randomly initialised or barely trained "
-            "networks are this sensitive; no calibration setting fixes it): export it in fp32")  # fmt: skip
+    if probe is not None and 1.0 - probe["min_cosine"] > PROBE_SHARE * budget:
+        cosine = probe["min_cosine"]
+        return (f"this network is too sensitive for int8: rounding only its input to the int8 graph's 8-bit grid "
+                f"already moves the float graph to min cosine {cosine:.4f} on {probe['images']} calibration "
+                f"images, {(1.0 - cosine) / budget:.0%} of the int8 cosine budget (randomly initialised or barely "
+                "trained networks are this sensitive; no calibration setting fixes it): export it in fp32")  # fmt: skip
+    spread = quantization.get("embedding_spread")
+    agreement_failed = any(f.startswith("few-shot prediction agreement") for f in failures or ())
+    if spread is not None and agreement_failed and spread["median_pairwise_cosine"] >= SPREAD_LIMIT:
+        return (f"this network's embeddings are nearly parallel (median cosine {spread['median_pairwise_cosine']:.4f}"
+                f" between two of {spread['images']} calibration images): int8 keeps their direction, but the "
+                "few-shot answers hang on the small part in which they differ, which rounding moves; train it "
+                "longer (or from pretrained weights) so that images of different classes point apart, or export "
+                "it in fp32")  # fmt: skip
+    return None
 
 
 def calibration_sample(pixels: np.ndarray, count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:

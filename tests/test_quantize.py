@@ -79,6 +79,9 @@ def test_quantize_int8_writes_an_int8_graph_and_records_what_it_did(tmp_path):
     assert {inits[n.input[2]].dtype for n in convs} == {np.dtype(np.uint8)}  # x_zero_point: uint8 activations
     probe = record["input_rounding"]
     assert probe["images"] == 40 and 0.99 < probe["min_cosine"] <= 1.0
+    spread = record["embedding_spread"]
+    assert spread["images"] == 40 and spread["median_pairwise_cosine"] == pytest.approx(
+        quantize.median_pairwise_cosine(source, x))  # fmt: skip
     # the int8 graph runs and stays close to the float one on the calibration images
     a = run_batched(create_session(source), x)
     b = run_batched(create_session(tmp_path / "int8.onnx"), x)
@@ -91,6 +94,7 @@ def test_the_probe_reads_at_most_its_share_of_the_calibration_images(tmp_path):
     record = quantize.quantize_int8(source, tmp_path / "int8.onnx", images(quantize.PROBE_IMAGES + 6), "images")
     assert record["calibration_images"] == quantize.PROBE_IMAGES + 6
     assert record["input_rounding"]["images"] == quantize.PROBE_IMAGES
+    assert record["embedding_spread"]["images"] == quantize.PROBE_IMAGES
 
 
 def test_quantize_int8_refuses_no_images_and_names_a_graph_it_cannot_read(tmp_path):
@@ -174,6 +178,44 @@ def test_diagnosis_fires_past_a_tenth_of_the_int8_cosine_budget(cosine, diagnose
         assert f"min cosine {cosine:.4f} on 64 calibration images, {share} of the int8 cosine budget" in why
         assert why.endswith("export it in fp32")
     assert quantize.diagnosis(None) is None and quantize.diagnosis({"precision": "int8"}) is None
+
+
+def test_median_pairwise_cosine_tells_spread_embeddings_from_nearly_parallel_ones(tmp_path):
+    x = images(30)
+    identity = graph_of(tmp_path, "identity.onnx", [helper.make_node("Identity", ["images"], ["y"])])
+    assert abs(quantize.median_pairwise_cosine(identity, x)) < 0.2  # independent uniform(-1, 1) images
+    offset = helper.make_tensor("offset", TensorProto.FLOAT, [], [50.0])
+    shifted = graph_of(tmp_path, "shifted.onnx", [helper.make_node("Add", ["images", "offset"], ["y"])], [offset])
+    assert quantize.median_pairwise_cosine(shifted, x) > 0.999  # every image plus the same large vector
+    # the median of the pairs, not of the images: three pairs, cosines 1, 0 and 0
+    pair = np.zeros((3, 1, 8, 8), np.float32)
+    pair[0, 0, 0, 0] = pair[1, 0, 0, 0] = pair[2, 0, 0, 1] = 1.0
+    assert quantize.median_pairwise_cosine(identity, pair) == 0.0
+    assert quantize.median_pairwise_cosine(identity, x[:1]) == 0.0
+
+
+AGREEMENT = "few-shot prediction agreement 0.8900 < 0.95"
+
+
+@pytest.mark.parametrize("spread, failures, diagnosed", [
+    (0.9998, [AGREEMENT], True), (quantize.SPREAD_LIMIT, [AGREEMENT], True), (0.985, [AGREEMENT], False),
+    (0.9998, ["min cosine similarity 0.951000 < 0.98"], False), (0.9998, None, False),
+])  # fmt: skip
+def test_diagnosis_names_nearly_parallel_embeddings_when_agreement_failed(spread, failures, diagnosed):
+    record = {"input_rounding": {"images": 64, "min_cosine": 0.99999},
+              "embedding_spread": {"images": 64, "median_pairwise_cosine": spread}}  # fmt: skip
+    why = quantize.diagnosis(record, failures)
+    assert (why is not None) == diagnosed
+    if diagnosed:
+        assert why.startswith(f"this network's embeddings are nearly parallel (median cosine {spread:.4f} between "
+                              "two of 64 calibration images)")  # fmt: skip
+        assert why.endswith("or export it in fp32")
+
+
+def test_diagnosis_gives_input_sensitivity_first():
+    record = {"input_rounding": {"images": 64, "min_cosine": 0.9},
+              "embedding_spread": {"images": 64, "median_pairwise_cosine": 0.9999}}  # fmt: skip
+    assert quantize.diagnosis(record, [AGREEMENT]).startswith("this network is too sensitive for int8")
 
 
 def test_calibration_sample_is_fixed_ordered_and_at_most_count():
