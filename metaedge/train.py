@@ -274,10 +274,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     }
     if distiller is not None:
         meta["teacher"] = distiller.teacher.identity()
-    if init_report is not None:
-        meta["init_weights"] = init_report
-    elif state_meta is not None and "init_weights" in state_meta:
-        meta["init_weights"] = state_meta["init_weights"]
+    keep_init_weights(meta, init_report, state_meta)
     history: list[dict] = []
     # Rank 0 alone writes checkpoints and the log, and validates; the others only compute gradients.
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
@@ -329,6 +326,16 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
     distributed.barrier(ranks)
     return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
+
+
+def keep_init_weights(meta: dict, init_report: dict | None, state_meta: dict | None) -> None:
+    """Record in a run's checkpoint meta what its backbone started from: this start's `--init-weights` report, or
+    on resume the one the run began with (a resumed run loads its own weights, so the report must carry over).
+    Shared by the classification and segmentation loops (train_segment.py)."""
+    if init_report is not None:
+        meta["init_weights"] = init_report
+    elif state_meta is not None and "init_weights" in state_meta:
+        meta["init_weights"] = state_meta["init_weights"]
 
 
 def save_step(run_dir: Path, method, optimizer, step_meta: dict, best: float, result=None,

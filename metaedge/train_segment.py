@@ -59,7 +59,7 @@ def arch_meta(config) -> dict:
 
 def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_step, on_validate):
     """The body of metaedge.train.train for --task segment; returns its TrainResult."""
-    from metaedge.train import StepStats, TrainConfig, TrainResult, lr_at, save_step
+    from metaedge.train import StepStats, TrainConfig, TrainResult, keep_init_weights, lr_at, save_step
 
     start_episode, best_iou, elapsed, state_meta = 0, -1.0, 0.0, None
     if resume:
@@ -121,10 +121,7 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
         "train_config": dataclasses.asdict(config),
         "versions": ckpt.versions(),
     }  # fmt: skip
-    if init_report is not None:
-        meta["init_weights"] = init_report
-    elif state_meta is not None and "init_weights" in state_meta:
-        meta["init_weights"] = state_meta["init_weights"]
+    keep_init_weights(meta, init_report, state_meta)
     history: list[dict] = []
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
     best_val: SegmentResult | None = None

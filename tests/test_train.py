@@ -10,7 +10,7 @@ from conftest import Interrupted, assert_same_last_weights, interrupt_after
 
 from metaedge import checkpoint as ckpt
 from metaedge.evaluate import evaluate_checkpoint
-from metaedge.train import TrainConfig, lr_at, train
+from metaedge.train import TrainConfig, keep_init_weights, lr_at, train
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +148,13 @@ def test_easyfsl_options_are_recorded_and_bad_ones_refused(omniglot_zips, tmp_pa
         with pytest.raises(MetaedgeError, match=match):
             train(tiny(omniglot_zips, tmp_path / "bad", episodes=2, **bad))
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_init_weights_report_survives_a_resume():
+    """A resumed run loads its own weights, not the file: the report of what it began from must carry over."""
+    report = {"file": "mnv3.safetensors", "loaded": 10, "missing": [], "unexpected": []}
+    started, resumed, plain = {}, {}, {}
+    keep_init_weights(started, report, None)
+    keep_init_weights(resumed, None, {"episode": 5, "init_weights": report})
+    keep_init_weights(plain, None, {"episode": 5})
+    assert started == resumed == {"init_weights": report} and plain == {}
