@@ -99,7 +99,12 @@ def compare_embeddings(
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below, not warned about
         diff = float(np.abs(reference - candidate).max())
         norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-        cosine = float(((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)).min())
+        cosines = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)
+        # An image both graphs map to the zero vector (a ReLU network with every unit of its embedding dead for
+        # it: a trained ResNet-18 at 32x32 does this to some CIFAR photos) is the same answer twice, not a cosine
+        # of 0; a zero vector against a non-zero one stays 0.
+        both_zero = ~reference.any(axis=1) & ~candidate.any(axis=1)
+        cosine = float(np.where(both_zero, 1.0, cosines).min())
     way = min(way, data.num_classes)
     sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
     agree = []

@@ -91,6 +91,22 @@ def test_min_cosine_fails_alone_when_only_a_direction_changes():
     assert cos >= tol and compare(tilted, precision="int8").passed
 
 
+def test_an_image_both_graphs_map_to_zero_is_the_same_answer_but_zero_against_nonzero_is_not():
+    """A ReLU embedding can be all zero for an image (every unit dead: a trained ResNet-18 at 32x32 does it to
+    some CIFAR photos); the same zero from both graphs is agreement, not a cosine of 0."""
+    z = embeddings()
+    z[[3, 17]] = 0.0
+    r = compare(z.copy(), reference=z)
+    assert r.passed and r.min_cosine == pytest.approx(1.0, abs=1e-6)
+    lost = z.copy()
+    lost[5] = 0.0  # the exported graph loses one image the reference still sees
+    r = compare(lost, reference=z, precision="int8")
+    assert r.min_cosine == 0.0 and any(f.startswith("min cosine similarity 0.000000") for f in r.failures)
+    found = z.copy()
+    found[3] = 1e-3  # and the other way round: something where the reference has nothing
+    assert compare(found, reference=z, precision="int8").min_cosine == 0.0
+
+
 def test_min_cosine_is_met_at_its_bound():
     z = np.zeros((CLASSES * PER_CLASS, 2))  # float64, each class a magnitude along one axis
     z[:, 0] = 1.0 + np.arange(CLASSES).repeat(PER_CLASS)
