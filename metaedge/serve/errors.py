@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -55,6 +57,16 @@ def status_of(error: MetaedgeError) -> int:
 def error_body(message: str, **extra: object) -> dict:
     """{"error": "one line", ...}: newlines folded so a log or a terminal shows it on one line."""
     return {"error": " ".join(str(message).split()), **{k: v for k, v in extra.items() if v is not None}}
+
+
+async def send_error(send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = (),
+                     **extra: object) -> None:  # fmt: skip
+    """Answer from ASGI middleware, before any route or handler runs: the same {"error": ...} body, `extra` fields
+    after it, and `headers` beside the JSON type and length."""
+    body = json.dumps(error_body(message, **extra)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _metaedge_error(request: Request, error: MetaedgeError) -> JSONResponse:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import os
 from pathlib import Path
 
-from metaedge.serve.errors import ServeError, error_body
+from metaedge.serve.errors import ServeError, send_error
 
 KEY_ENV = "METAEDGE_API_KEY"
 MIN_KEY_LENGTH = 16
@@ -98,11 +97,8 @@ class RequireKey:
         # compare_digest: the time taken does not tell an attacker how many leading characters were right.
         if sent is not None and hmac.compare_digest(sent, self.key):
             return await self.app(scope, receive, send)
-        body = json.dumps(error_body("missing or wrong API key (send it as X-API-Key or Authorization: Bearer)"))
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="metaedge"')]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_error(send, 401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)",
+                         ((b"www-authenticate", b'Bearer realm="metaedge"'),))  # fmt: skip
 
 
 class SecurityHeaders:

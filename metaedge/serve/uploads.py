@@ -10,7 +10,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from metaedge.errors import DataError
 from metaedge.images import check_size
-from metaedge.serve.errors import ServeError
+from metaedge.serve.errors import ServeError, send_error
 
 FORM_FIELD_BYTES = 64 * 1024  # a label or a flag, never more
 FORM_FIELDS = 16
@@ -59,13 +59,8 @@ class BodyLimit:
         return f"request body over the {self.limit:,}-byte limit (max_body_bytes)"
 
     async def _refuse(self, send) -> None:
-        import json
-
-        body = json.dumps({"error": self._message(), "limit": "max_body_bytes", "max": self.limit}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, self._message(), ((b"connection", b"close"),), limit="max_body_bytes",
+                         max=self.limit)  # fmt: skip
 
 
 async def read_images(request: Request, limits: ServeLimits) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
