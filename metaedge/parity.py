@@ -73,6 +73,17 @@ def check_parity(
                               episodes=episodes, way=way, shot=shot, query=query, seed=seed)  # fmt: skip
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row i of a (N, D) against row i of b (N, D) -> cosine similarities (N,).
+
+    A row that is zero in both is the same answer twice: 1, not 0 (a ReLU network can leave every unit of an
+    embedding dead for an image: a trained ResNet-18 at 32x32 does it to some CIFAR photos). Zero against non-zero
+    stays 0."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosines = (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+    return np.where(~a.any(axis=1) & ~b.any(axis=1), 1.0, cosines)
+
+
 def compare_embeddings(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -98,13 +109,7 @@ def compare_embeddings(
     finite = np.isfinite(candidate).all(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below, not warned about
         diff = float(np.abs(reference - candidate).max())
-        norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-        cosines = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)
-        # An image both graphs map to the zero vector (a ReLU network with every unit of its embedding dead for
-        # it: a trained ResNet-18 at 32x32 does this to some CIFAR photos) is the same answer twice, not a cosine
-        # of 0; a zero vector against a non-zero one stays 0.
-        both_zero = ~reference.any(axis=1) & ~candidate.any(axis=1)
-        cosine = float(np.where(both_zero, 1.0, cosines).min())
+        cosine = float(row_cosines(reference, candidate).min())
     way = min(way, data.num_classes)
     sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
     agree = []

@@ -21,12 +21,12 @@ the simplest stays. Why none passes differs by network, and none of it is the ca
 - randomly initialised or barely trained networks amplify small perturbations layer after layer: that
   MobileNetV3 with nothing but its *input* rounded to the int8 graph's 8-bit grid already lands at min cosine
   0.981 (a timm MobileNetV3-Small meta-trained from scratch for 600 episodes: 0.976), where ResNet-18 and Conv4
-  stay above 0.99996. `input_rounding_cosine` measures this on every export, the manifest records it, and
+  stay above 0.99996. `probe` measures this on every export, the manifest records it, and
   `diagnosis` gives it as the reason when the gate refuses;
 - a MobileNetV3-Small trained 4 epochs as a CIFAR classifier (64x64) is not sensitive that way (0.9999998) but
   its embeddings are nearly parallel (median pairwise cosine 0.9998): int8 keeps their direction (min cosine
   0.9999) yet the few-shot decisions hang on the 2% that differs, and agreement stays at 0.89-0.92 under
-  every setting above. `median_pairwise_cosine` measures this on every export (`embedding_spread`), and
+  every setting above. `probe` measures this on every export too (`embedding_spread`), and
   `diagnosis` gives it as the reason when agreement is what failed;
 - a timm MobileNetV3-Large after 3 episodes at 224x224 is neither (0.99999; pairwise cosine 0.76): its error
   grows block by block, signal-to-quantization-noise 39 dB after the stem, 20 dB at the embedding, and some
@@ -67,9 +67,8 @@ def quantize_int8(source: Path, out: Path, images: np.ndarray, input_name: str) 
     """Quantize the float graph `source` into `out`; images: float32 (N, C, S, S), preprocessed as the device does.
 
     Returns what the manifest records about it: the method, the number of calibration images, the op types
-    quantized and left float (node counts: `op_counts`), `input_rounding`: the input-rounding probe's min cosine
-    over its images (`input_rounding_cosine`), and `embedding_spread`: how parallel the float graph's embeddings of
-    those images are (`median_pairwise_cosine`). `diagnosis` reads the last two.
+    quantized and left float (node counts: `op_counts`), and `input_rounding` and `embedding_spread` (`probe`, on
+    the first PROBE_IMAGES of them), which `diagnosis` reads.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -99,12 +98,8 @@ def quantize_int8(source: Path, out: Path, images: np.ndarray, input_name: str) 
         except Exception as e:  # the quantizer raises many types; all mean the same thing to the user
             raise MetaedgeError(f"int8 quantization of {source.name} failed: {e}") from None
     quantized, left_float = op_counts(out)
-    probed = images[:PROBE_IMAGES]
     return {"precision": "int8", "method": METHOD, "calibration_images": int(len(images)),
-            "quantized_ops": quantized, "float_ops": left_float,
-            "input_rounding": {"images": len(probed), "min_cosine": input_rounding_cosine(source, probed)},
-            "embedding_spread": {"images": len(probed),
-                                 "median_pairwise_cosine": median_pairwise_cosine(source, probed)}}  # fmt: skip
+            "quantized_ops": quantized, "float_ops": left_float, **probe(source, images[:PROBE_IMAGES])}  # fmt: skip
 
 
 def op_counts(path: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -133,42 +128,39 @@ def op_counts(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     return dict(sorted(quantized.items())), dict(sorted(left.items()))
 
 
-def input_rounding_cosine(source: Path, images: np.ndarray) -> float:
-    """How far the float graph `source` moves when only its input is rounded as the int8 graph rounds it.
+def probe(source: Path, images: np.ndarray) -> dict:
+    """The two figures `diagnosis` reads, from one session of the float graph `source` and one pass of it over
+    `images` (float32 (N, C, S, S), preprocessed) plus one over them rounded; the graph's outputs, (N, D) or a
+    feature map (N, D, h, w) (locate's dense graph), are compared flattened per image. Returns the manifest's
+    entries:
 
-    images: float32 (N, C, S, S), preprocessed. Each is rounded to the uint8 grid ONNX Runtime's MinMax calibration
-    gives the input over these images (the range widened to hold zero), and both versions go through the float
-    graph, whose outputs, (N, D) or a feature map (N, D, h, w), are compared per image. Returns the smallest cosine
-    similarity between an image's two outputs (1.0: no image moved). A graph that lands far below 1 here cannot be
-    quantized inside the int8 gate: see `diagnosis`.
+    input_rounding: how far the float graph moves when only its input is rounded as the int8 graph rounds it:
+    each image is rounded to the uint8 grid ONNX Runtime's MinMax calibration gives the input over these images
+    (the range widened to hold zero); min_cosine is the smallest cosine between an image's two outputs (1.0: no
+    image moved). A graph that lands far below 1 here cannot be quantized inside the int8 gate.
+    embedding_spread: median_pairwise_cosine, the median cosine between the outputs of two different images
+    (0.0 with fewer than two). Near 1: every image lands in almost the same direction.
     """
     from onnxruntime.quantization.quant_utils import compute_scale_zp
 
     from metaedge.ort import create_session, run_batched
+    from metaedge.parity import row_cosines
 
+    session = create_session(source)
+    a = run_batched(session, images).reshape(len(images), -1)
     qmin, qmax = np.array(0, np.uint8), np.array(255, np.uint8)  # the input's QuantType.QUInt8
     zero, scale = compute_scale_zp(np.float32(images.min()), np.float32(images.max()), qmin, qmax)
     zero, scale = float(zero), float(scale)
-    if scale == 0.0:  # every pixel the same value: nothing to round
-        return 1.0
-    rounded = ((np.clip(np.round(images / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
-    session = create_session(source)
-    # Flattened per image: a dense graph (locate's) gives a feature map, (N, D, h, w), not (N, D).
-    a, b = (run_batched(session, x).reshape(len(images), -1) for x in (images, rounded))
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(((a * b).sum(axis=1) / norms).min())
-
-
-def median_pairwise_cosine(source: Path, images: np.ndarray) -> float:
-    """The median cosine similarity between the float graph's outputs for two different images (N, C, S, S), each
-    output flattened; 0.0 with fewer than two images. Near 1: every image lands in almost the same direction."""
-    from metaedge.ort import create_session, run_batched
-
-    if len(images) < 2:
-        return 0.0
-    z = run_batched(create_session(source), images).reshape(len(images), -1).astype(np.float64)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    return float(np.median((z @ z.T)[np.triu_indices(len(z), k=1)]))
+    moved = 1.0  # every pixel the same value: nothing to round
+    if scale != 0.0:
+        rounded = ((np.clip(np.round(images / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
+        moved = float(row_cosines(a, run_batched(session, rounded).reshape(len(images), -1)).min())
+    spread = 0.0
+    if len(images) >= 2:
+        z = a.astype(np.float64) / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        spread = float(np.median((z @ z.T)[np.triu_indices(len(z), k=1)]))
+    return {"input_rounding": {"images": len(images), "min_cosine": moved},
+            "embedding_spread": {"images": len(images), "median_pairwise_cosine": spread}}
 
 
 def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> str | None:

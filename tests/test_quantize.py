@@ -80,8 +80,10 @@ def test_quantize_int8_writes_an_int8_graph_and_records_what_it_did(tmp_path):
     probe = record["input_rounding"]
     assert probe["images"] == 40 and 0.99 < probe["min_cosine"] <= 1.0
     spread = record["embedding_spread"]
-    assert spread["images"] == 40 and spread["median_pairwise_cosine"] == pytest.approx(
-        quantize.median_pairwise_cosine(source, x))  # fmt: skip
+    z = run_batched(create_session(source), x)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    expected = np.median([z[i] @ z[j] for i in range(len(z)) for j in range(i + 1, len(z))])
+    assert spread["images"] == 40 and spread["median_pairwise_cosine"] == pytest.approx(expected, abs=1e-6)
     # the int8 graph runs and stays close to the float one on the calibration images
     a = run_batched(create_session(source), x)
     b = run_batched(create_session(tmp_path / "int8.onnx"), x)
@@ -141,10 +143,18 @@ def graph_of(tmp_path: Path, name: str, nodes, initializers=()) -> Path:
     return save(tmp_path / name, nodes, [image_input()], [out], initializers)
 
 
+def rounding(source: Path, x: np.ndarray) -> float:
+    return quantize.probe(source, x)["input_rounding"]["min_cosine"]
+
+
+def spread(source: Path, x: np.ndarray) -> float:
+    return quantize.probe(source, x)["embedding_spread"]["median_pairwise_cosine"]
+
+
 def test_input_rounding_probe_tells_a_robust_graph_from_a_sensitive_one(tmp_path):
     x = images(16)
     identity = graph_of(tmp_path, "id.onnx", [helper.make_node("Flatten", ["images"], ["y"])])
-    robust = quantize.input_rounding_cosine(identity, x)
+    robust = rounding(identity, x)
     # 8-bit rounding of values in [-1, 1] moves each by at most 1/255: the direction barely moves, but it moves
     assert 0.9999 < robust < 1.0
     # sin(1000 x): a step of 1/255 in x turns the output around
@@ -152,9 +162,9 @@ def test_input_rounding_probe_tells_a_robust_graph_from_a_sensitive_one(tmp_path
     sensitive = graph_of(tmp_path, "sin.onnx", [helper.make_node("Mul", ["images", "k"], ["m"]),
                                                 helper.make_node("Sin", ["m"], ["s"]),
                                                 helper.make_node("Flatten", ["s"], ["y"])], [k])  # fmt: skip
-    assert quantize.input_rounding_cosine(sensitive, x) < 0.5
+    assert rounding(sensitive, x) < 0.5
     # one value everywhere: nothing to round
-    assert quantize.input_rounding_cosine(sensitive, np.full((3, 1, 8, 8), 0.25, np.float32)) == 1.0
+    assert rounding(sensitive, np.full((3, 1, 8, 8), 0.25, np.float32)) == 1.0
 
 
 def test_input_rounding_probe_compares_feature_maps_per_image(tmp_path):
@@ -163,7 +173,19 @@ def test_input_rounding_probe_compares_feature_maps_per_image(tmp_path):
     x[2] *= 0.0  # all-zero image: its outputs are zero vectors, cosine 0 by the norm guard, not NaN
     x[2, 0, 0, 0] = 1.0
     identity = graph_of(tmp_path, "map.onnx", [helper.make_node("Identity", ["images"], ["y"])])
-    assert 0.999 < quantize.input_rounding_cosine(identity, x) < 1.0
+    assert 0.999 < rounding(identity, x) < 1.0
+
+
+def test_input_rounding_probe_takes_an_image_mapped_to_zero_both_ways_as_unmoved(tmp_path):
+    """As the parity gate does (parity.row_cosines): a ReLU graph that leaves an image nothing, rounded or not,
+    has not moved; a cosine of 0 there would blame the network's sensitivity for a dead embedding."""
+    x = images(8)
+    x[3] = -1.0  # Relu of it: all zero, rounded or not
+    relu = graph_of(tmp_path, "relu.onnx", [helper.make_node("Relu", ["images"], ["r"]),
+                                           helper.make_node("Flatten", ["r"], ["y"])])  # fmt: skip
+    assert 0.9999 < rounding(relu, x) <= 1.0
+    record = quantize.probe(relu, x)
+    assert record["input_rounding"]["images"] == record["embedding_spread"]["images"] == 8
 
 
 @pytest.mark.parametrize("cosine, diagnosed", [(1.0, False), (0.9985, False), (0.9975, True), (0.2, True)])
@@ -183,15 +205,15 @@ def test_diagnosis_fires_past_a_tenth_of_the_int8_cosine_budget(cosine, diagnose
 def test_median_pairwise_cosine_tells_spread_embeddings_from_nearly_parallel_ones(tmp_path):
     x = images(30)
     identity = graph_of(tmp_path, "identity.onnx", [helper.make_node("Identity", ["images"], ["y"])])
-    assert abs(quantize.median_pairwise_cosine(identity, x)) < 0.2  # independent uniform(-1, 1) images
+    assert abs(spread(identity, x)) < 0.2  # independent uniform(-1, 1) images
     offset = helper.make_tensor("offset", TensorProto.FLOAT, [], [50.0])
     shifted = graph_of(tmp_path, "shifted.onnx", [helper.make_node("Add", ["images", "offset"], ["y"])], [offset])
-    assert quantize.median_pairwise_cosine(shifted, x) > 0.999  # every image plus the same large vector
+    assert spread(shifted, x) > 0.999  # every image plus the same large vector
     # the median of the pairs, not of the images: three pairs, cosines 1, 0 and 0
     pair = np.zeros((3, 1, 8, 8), np.float32)
     pair[0, 0, 0, 0] = pair[1, 0, 0, 0] = pair[2, 0, 0, 1] = 1.0
-    assert quantize.median_pairwise_cosine(identity, pair) == 0.0
-    assert quantize.median_pairwise_cosine(identity, x[:1]) == 0.0
+    assert spread(identity, pair) == 0.0
+    assert spread(identity, x[:1]) == 0.0
 
 
 AGREEMENT = "few-shot prediction agreement 0.8900 < 0.95"
