@@ -32,6 +32,7 @@ from metaedge import bundle as bundle_io
 from metaedge import checkpoint as ckpt
 from metaedge.data.preprocess import PreprocessSpec
 from metaedge.errors import MetaedgeError
+from metaedge.methods.protonet import class_means
 
 LOSSES = ("kl", "relational", "kl+relational")
 
@@ -77,9 +78,7 @@ class Teacher:
     ) -> torch.Tensor:
         """Teacher embeddings support (S, D), labels (S,), query (Q, D) -> its episode logits (Q, way), by its
         metric: -||q - p||^2, or scale * cos(q, p)."""
-        counts = torch.bincount(support_labels, minlength=way).clamp_min(1).unsqueeze(1)
-        protos = torch.zeros(way, support.shape[1], device=support.device).index_add_(0, support_labels, support)
-        protos = protos / counts
+        protos = class_means(support, support_labels, way)
         if self.metric == "cosine":
             return self.scale * F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T
         return -self.scale * torch.cdist(query, protos).pow(2)

@@ -80,9 +80,7 @@ class ProtoNet(FewShotMethod):
         self, zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, way: int
     ) -> torch.Tensor:
         """Support embeddings (S, D), support_labels (S,), query embeddings (Q, D) -> differentiable logits (Q, way)."""
-        counts = torch.bincount(support_labels, minlength=way).clamp_min(1).unsqueeze(1)
-        protos = torch.zeros(way, zs.shape[1], device=zs.device, dtype=zs.dtype).index_add_(0, support_labels, zs)
-        protos = protos / counts
+        protos = class_means(zs, support_labels, way)
         if self.metric == "sqeuclidean":
             distance = torch.cdist(zq, protos)
             return -distance if self.loss_distance == "plain" else -distance.pow(2)
@@ -92,6 +90,13 @@ class ProtoNet(FewShotMethod):
         self, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, way: int
     ) -> np.ndarray:
         return prototype_logits(support, support_labels, query, way, self.metric, self.scale)
+
+
+def class_means(z: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """Embeddings (S, D) and their labels (S,) in [0, way) -> each class's mean (way, D), differentiable; a class
+    without embeddings gets zeros."""
+    counts = torch.bincount(labels, minlength=way).clamp_min(1).unsqueeze(1)
+    return torch.zeros(way, z.shape[1], device=z.device, dtype=z.dtype).index_add_(0, labels, z) / counts
 
 
 def prototype_logits(
