@@ -41,6 +41,23 @@ def torchrun(cli: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
+
+def train_single_threaded(config: TrainConfig) -> None:
+    """train(config) in this process on one thread, as each torchrun rank runs: the same convolution kernels, the
+    same rounding."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def parameter_differences(one: Path, two: Path) -> torch.Tensor:
+    """|a - b| over every parameter of two runs' last checkpoints, flattened."""
+    a, b = (ckpt.load(run, which=ckpt.LAST).method for run in (one, two))
+    return torch.cat([(x - y).abs().reshape(-1) for x, y in zip(a.parameters(), b.parameters())])
+
 @pytest.mark.parametrize("algorithm", ["protonet", "fomaml"])
 def test_two_ranks_equal_one_process(omniglot_zips, tmp_path, algorithm):
     # Four episodes, not more: under torch 2.14.1 the fifth episode's third FOMAML task (seed 3) sits on a
@@ -49,12 +66,7 @@ def test_two_ranks_equal_one_process(omniglot_zips, tmp_path, algorithm):
     # the weights. Up to episode four the runs agree within 1.2e-7.
     args = dict(algorithm=algorithm, way=5, query=3, episodes=4, width=16, val_groups=0, val_every=4,
                 meta_batch=4, inner_steps=2 if algorithm != "protonet" else None, seed=3)  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank below: the same convolution kernels, the same rounding
-    try:
-        train(TrainConfig(data=[str(p) for p in omniglot_zips], out=str(tmp_path / "one"), **args))
-    finally:
-        torch.set_num_threads(threads)
+    train_single_threaded(TrainConfig(data=[str(p) for p in omniglot_zips], out=str(tmp_path / "one"), **args))
     cli = [arg for p in omniglot_zips for arg in ("--data", str(p))] + [
         "--out", str(tmp_path / "two"), "--algorithm", algorithm, "--way", "5", "--query", "3", "--episodes", "4",
         "--width", "16", "--val-groups", "0", "--val-every", "4", "--meta-batch", "4", "--seed", "3", "--json",
@@ -64,9 +76,7 @@ def test_two_ranks_equal_one_process(omniglot_zips, tmp_path, algorithm):
         cli += ["--inner-steps", "2"]
     done = torchrun(cli)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = ckpt.load(tmp_path / "one", which=ckpt.LAST).method
-    two = ckpt.load(tmp_path / "two", which=ckpt.LAST).method
-    diff = torch.cat([(a - b).abs().reshape(-1) for a, b in zip(one.parameters(), two.parameters())])
+    diff = parameter_differences(tmp_path / "one", tmp_path / "two")
     # Summation order differs between one process and two ranks, so gradients differ in the last bits.
     # Adam turns a gradient that is almost exactly zero into a full +-lr step whose sign that rounding decides,
     # so a handful of elements may move apart by up to 2 * lr per step; everything else must agree tightly.
