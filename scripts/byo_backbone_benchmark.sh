@@ -8,6 +8,9 @@
 #   3. `metaedge profile` of those bundles at 224x224 and of the shipped Omniglot bundle, in the same run.
 # Usage: bash scripts/byo_backbone_benchmark.sh [OUT_DIR]   (default /tmp/byo_bench; stages already done are kept)
 #   env: SCALE (1): multiplies stage 1's episode counts (the CPU budget, equal across the three networks);
+#        PRETRAIN (0): epochs of classifier pre-training on the six training classes before the episodes
+#        (`--pretrain-epochs`); set, each network gets that many epochs plus the episode count PRETRAIN_EPISODES
+#        gives it ("conv4 mnv3s resnet18" order; default "2500 1500 200", the session's measured run);
 #        STAGES ("1 2 3"): the stages to run (3 needs 2's outputs and makes them where missing).
 # Each step runs under `nice -n 10` on one thread: the machine it was measured on is shared.
 set -euo pipefail
@@ -30,10 +33,17 @@ train() {  # name backbone episodes
     $RUN train "${COMMON[@]}" --backbone "$2" --episodes "$3" --val-every "$3" --out "$OUT/runs/$1" --json \
     > "$OUT/train-$1.json"
 }
+PRETRAIN=${PRETRAIN:-0}
+if [ "$PRETRAIN" -gt 0 ]; then
+  COMMON+=(--pretrain-epochs "$PRETRAIN")
+  read -r EP_CONV4 EP_MNV3S EP_R18 <<<"${PRETRAIN_EPISODES:-2500 1500 200}"
+else
+  EP_CONV4=$((750 * SCALE)) EP_MNV3S=$((600 * SCALE)) EP_R18=$((200 * SCALE))
+fi
 if stage 1; then
-train conv4 conv4 $((750 * SCALE)) &
-train mnv3s timm:mobilenetv3_small_100 $((600 * SCALE)) &
-train resnet18 torchvision:resnet18 $((200 * SCALE)) &
+train conv4 conv4 "$EP_CONV4" &
+train mnv3s timm:mobilenetv3_small_100 "$EP_MNV3S" &
+train resnet18 torchvision:resnet18 "$EP_R18" &
 wait
 for run in conv4 mnv3s resnet18; do
   for shot in 1 5; do
