@@ -275,10 +275,9 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     if distiller is not None:
         meta["teacher"] = distiller.teacher.identity()
     keep_init_weights(meta, init_report, state_meta)
-    history: list[dict] = []
     # Rank 0 alone writes checkpoints and the log, and validates; the others only compute gradients.
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
-    best_val: EvalResult | None = None
+    checkpoints = Checkpoints(run_dir, method, optimizer, meta, best_acc, log)
     t0 = time.perf_counter() - elapsed
     episode = start_episode
     if log is not None and init_report is not None:
@@ -300,7 +299,6 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                        "seconds": time.perf_counter() - t0}  # fmt: skip
                 if stats.distill_loss is not None:
                     row["distill_loss"] = stats.distill_loss
-                step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
                 result = None
                 if val_data is not None:
                     result = evaluate(
@@ -312,12 +310,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
                     row["val_accuracy"], row["val_ci95"] = result.accuracy, result.ci95
                     if on_validate is not None:
                         on_validate(done, result)
-                if save_step(run_dir, method, optimizer, step_meta, best_acc, result,
-                             result.accuracy if result else None):  # fmt: skip
-                    best_acc, best_val = result.accuracy, result
-                history.append(row)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                checkpoints.record(done, row, result, result.accuracy if result else None)
     finally:
         if log is not None:
             log.close()
@@ -325,7 +318,8 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # while rank 0 was still writing and validating was seen to abort in gloo ("terminate called without an
     # active exception", 1 CI run in many). Only on the normal path: after an error a barrier would hang.
     distributed.barrier(ranks)
-    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
+    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, checkpoints.best_result,
+                       checkpoints.history, meta.get("init_weights"))  # fmt: skip
 
 
 def keep_init_weights(meta: dict, init_report: dict | None, state_meta: dict | None) -> None:
@@ -338,23 +332,34 @@ def keep_init_weights(meta: dict, init_report: dict | None, state_meta: dict | N
         meta["init_weights"] = state_meta["init_weights"]
 
 
-def save_step(run_dir: Path, method, optimizer, step_meta: dict, best: float, result=None,
-              score: float | None = None) -> bool:  # fmt: skip
-    """Rank 0's checkpoints at a validation step; True when `result` (validation `score`) is the new best.
+class Checkpoints:
+    """Rank 0's record of a run at each validation step, shared by the classification and segmentation loops
+    (train_segment.py): the checkpoints, the log row, the history, and the best validation so far.
 
-    best.safetensors: the new best, or simply the latest where there is nothing to select on (result None);
-    last.safetensors, with the optimizer state, always, recording the best score so far. Shared by the
-    classification and segmentation loops (train_segment.py).
+    best.safetensors: the new best, or simply the latest where there is nothing to select on (no validation);
+    last.safetensors, with the optimizer state, always, recording the best score so far (what --resume reads).
     """
-    improved = result is not None and score > best
-    if improved:
-        best = score
-        step_meta["val"] = result.to_dict()
-        ckpt.save(run_dir / ckpt.BEST, method, {**step_meta, "best_val_accuracy": best})
-    elif result is None:
-        ckpt.save(run_dir / ckpt.BEST, method, step_meta)
-    ckpt.save(run_dir / ckpt.LAST, method, {**step_meta, "best_val_accuracy": best}, optimizer)
-    return improved
+
+    def __init__(self, run_dir: Path, method, optimizer, meta: dict, best: float, log) -> None:
+        self.run_dir, self.method, self.optimizer, self.meta, self.log = run_dir, method, optimizer, meta, log
+        self.best = best  # best validation score so far (-1: none), carried over on resume
+        self.best_result = None  # its validation result, where this process saw it
+        self.history: list[dict] = []
+
+    def record(self, done: int, row: dict, result=None, score: float | None = None) -> None:
+        """Episode `done`'s log `row` (with "seconds"), and its validation `result` scoring `score`, if any."""
+        step_meta = {**self.meta, "episode": done, "train_seconds": row["seconds"]}
+        if result is not None and score > self.best:
+            self.best, self.best_result = score, result
+            step_meta["val"] = result.to_dict()
+            ckpt.save(self.run_dir / ckpt.BEST, self.method, {**step_meta, "best_val_accuracy": self.best})
+        elif result is None:
+            ckpt.save(self.run_dir / ckpt.BEST, self.method, step_meta)
+        ckpt.save(self.run_dir / ckpt.LAST, self.method, {**step_meta, "best_val_accuracy": self.best},
+                  self.optimizer)  # fmt: skip
+        self.history.append(row)
+        self.log.write(json.dumps(row) + "\n")
+        self.log.flush()
 
 
 def _pretrain(method, images, train_data, config, augment, ranks, log, t0, on_pretrain) -> None:

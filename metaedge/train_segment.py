@@ -59,7 +59,7 @@ def arch_meta(config) -> dict:
 
 def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_step, on_validate):
     """The body of metaedge.train.train for --task segment; returns its TrainResult."""
-    from metaedge.train import StepStats, TrainConfig, TrainResult, keep_init_weights, lr_at, save_step
+    from metaedge.train import Checkpoints, StepStats, TrainConfig, TrainResult, keep_init_weights, lr_at
 
     start_episode, best_iou, elapsed, state_meta = 0, -1.0, 0.0, None
     if resume:
@@ -122,9 +122,8 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
         "versions": ckpt.versions(),
     }  # fmt: skip
     keep_init_weights(meta, init_report, state_meta)
-    history: list[dict] = []
     log = (run_dir / "log.jsonl").open("a") if ranks.main else None
-    best_val: SegmentResult | None = None
+    checkpoints = Checkpoints(run_dir, method, optimizer, meta, best_iou, log)
     t0 = time.perf_counter() - elapsed
     try:
         if start_episode == 0 and config.pretrain_epochs > 0:
@@ -146,7 +145,6 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
                 if not ranks.main:
                     continue
                 row = {"episode": done, "loss": loss, "train_iou": iou, "seconds": time.perf_counter() - t0}
-                step_meta = {**meta, "episode": done, "train_seconds": row["seconds"]}
                 result = None
                 if val_glyphs is not None:
                     result = validate(method, val_glyphs, config, device)
@@ -154,16 +152,13 @@ def train_segment(config, run_dir: Path, ranks, device, resume, overwrite, on_st
                     row["val_iou"], row["val_ci95"] = result.iou, result.iou_ci95
                     if on_validate is not None:
                         on_validate(done, result)
-                if save_step(run_dir, method, optimizer, step_meta, best_iou, result, result.iou if result else None):
-                    best_iou, best_val = result.iou, result
-                history.append(row)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                checkpoints.record(done, row, result, result.iou if result else None)
     finally:
         if log is not None:
             log.close()
     distributed.barrier(ranks)  # as in train.py: no rank leaves while rank 0 still writes
-    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, best_val, history, meta.get("init_weights"))
+    return TrainResult(run_dir, config.episodes, time.perf_counter() - t0, checkpoints.best_result,
+                       checkpoints.history, meta.get("init_weights"))  # fmt: skip
 
 
 def pretrain_glyphs(method, glyphs: Glyphs, *, epochs: int, batch: int, lr: float, seed: int, one_colour: float,

@@ -158,3 +158,40 @@ def test_the_init_weights_report_survives_a_resume():
     keep_init_weights(resumed, None, {"episode": 5, "init_weights": report})
     keep_init_weights(plain, None, {"episode": 5})
     assert started == resumed == {"init_weights": report} and plain == {}
+
+
+def test_checkpoints_keep_the_best_validation_and_the_latest_state(tmp_path):
+    """best.safetensors holds the weights of the best validation so far (not the latest); last.safetensors the
+    latest weights, optimizer state and best score (what --resume reads); every step is one log row."""
+    from dataclasses import dataclass
+
+    from safetensors.torch import load_file
+
+    from metaedge.methods.protonet import ProtoNet
+    from metaedge.models import create_backbone
+    from metaedge.train import Checkpoints
+
+    @dataclass
+    class Validation:
+        accuracy: float
+
+        def to_dict(self) -> dict:
+            return {"accuracy": self.accuracy}
+
+    method = ProtoNet(create_backbone("conv4", in_channels=1, width=8))
+    first = next(iter(method.state_dict()))
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    with (tmp_path / "log.jsonl").open("a") as log:
+        checkpoints = Checkpoints(tmp_path, method, optimizer, {"task": "classify"}, best=0.55, log=log)
+        for done, accuracy in ((10, 0.5), (20, 0.7), (30, 0.6)):
+            with torch.no_grad():  # each step's weights tell the steps apart
+                method.state_dict()[first].fill_(done)
+            checkpoints.record(done, {"episode": done, "seconds": float(done)}, Validation(accuracy), accuracy)
+    best, last = ckpt.read_meta(tmp_path / ckpt.BEST), ckpt.read_meta(tmp_path / ckpt.LAST)
+    assert best["episode"] == 20 and best["val"] == {"accuracy": 0.7} and best["best_val_accuracy"] == 0.7
+    assert last["episode"] == 30 and last["best_val_accuracy"] == 0.7 and "optimizer_param_groups" in last
+    assert float(load_file(tmp_path / ckpt.BEST)[first].flatten()[0]) == 20.0
+    assert float(load_file(tmp_path / ckpt.LAST)[first].flatten()[0]) == 30.0
+    assert checkpoints.best == 0.7 and checkpoints.best_result.accuracy == 0.7
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [10, 20, 30] and checkpoints.history == rows
