@@ -10,7 +10,8 @@
 # Losses compared: kl (soft episode predictions), relational (pairwise distances), kl+relational (metaedge/distill.py).
 #   usage: scripts/distill_ensemble.sh [OUT_DIR]
 #   env: DATA, STUDENT (flags of the student network; default ResNet-12 width 16 at 28 px, as three of the
-#        ensemble's members), EPISODES (4000, the members' budget), SEED (0), LOSSES ("kl relational kl+relational"),
+#        ensemble's members), EPISODES (4000, the members' budget), SEED (0), LOSSES ("kl relational kl+relational";
+#        "none": the student without a teacher alone),
 #        WEIGHT (1.0), TEMPERATURE (4.0), TEACHER (metaedge/reference/bundle), EVAL_SEEDS ("2 3"), EVAL_EPISODES
 #        (2000), DEVICE (cpu), PLAIN (1; 0 skips the student trained without a teacher)
 # Then each student's classify and enroll time against the teacher's in one run (scripts/bench_runtime.py
@@ -28,6 +29,7 @@ STUDENT=${STUDENT:---backbone resnet12 --width 16 --image-size 28}
 EPISODES=${EPISODES:-4000}
 SEED=${SEED:-0}
 LOSSES=${LOSSES:-kl relational kl+relational}
+[ "$LOSSES" = none ] && LOSSES=""  # the student without a teacher alone (PLAIN=1)
 WEIGHT=${WEIGHT:-1.0}
 TEMPERATURE=${TEMPERATURE:-4.0}
 TEACHER=${TEACHER:-metaedge/reference/bundle}
