@@ -394,9 +394,13 @@ def export_cmd(
         print(json.dumps(summary))
         return
     for r in result.parity:
+        # Classification reports carry both sides' accuracy on the agreement episodes; locate's, mask IoUs.
+        accuracy, both = getattr(r, "reference_accuracy", None), ""
+        if accuracy is not None:
+            both = f" (accuracy {100 * accuracy:.1f}% PyTorch, {100 * r.candidate_accuracy:.1f}% exported)"
         console.print(
             f"parity {r.backend} ({r.precision}) on {r.images} images: max |diff| {r.max_abs_diff:.2e}, "
-            f"min cosine {r.min_cosine:.6f}, {r.episodes}-episode agreement {100 * r.agreement:.2f}%"
+            f"min cosine {r.min_cosine:.6f}, {r.episodes}-episode agreement {100 * r.agreement:.2f}%{both}"
         )
     console.print(f"wrote {result.bundle.path} ({result.bundle.model_id}) in {result.seconds:.1f} s")
 

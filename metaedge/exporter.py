@@ -178,12 +178,21 @@ def write_verification(reports: list[ParityReport], path: Path, force: bool, qua
     """
     failed = [r for r in reports if not r.passed]
     if failed and not force:
-        details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}" for r in failed)
+        details = "; ".join(f"{r.backend} ({r.precision}): {', '.join(r.failures)}{_accuracies(r)}" for r in failed)
         int8 = [f for r in failed if r.precision == "int8" for f in r.failures]
         why = quantize.diagnosis(quantization, int8) if any(r.precision == "int8" for r in failed) else None
         details += f" ({why})" if why else ""
         raise ExportError(f"parity check failed, nothing written: {details} (--force writes it anyway)")
     path.write_text(json.dumps({"reports": [r.to_dict() for r in reports], "forced": bool(failed)}, indent=2) + "\n")
+
+
+def _accuracies(report: ParityReport) -> str:
+    """Where agreement failed, both sides' accuracy on its episodes: disagreeing answers may be equally right."""
+    agreement_failed = any(f.startswith("few-shot prediction agreement") for f in report.failures)
+    if getattr(report, "reference_accuracy", None) is None or not agreement_failed:  # locate reports: mask IoU
+        return ""
+    return (f" (accuracy on those episodes: PyTorch {100 * report.reference_accuracy:.1f}%, this graph "
+            f"{100 * report.candidate_accuracy:.1f}%)")
 
 
 def engine_settings(profile: TargetProfile, spec, fp16: bool, int8: bool) -> trt_engine.EngineSettings:

@@ -40,6 +40,11 @@ class ParityReport:
     tolerances: dict
     passed: bool
     failures: list[str]
+    # Each side's own accuracy on the agreement episodes, reported beside the gate, not judged by it: a network
+    # whose answers are near chance can disagree with its exported graph on many queries (decisions that hang on
+    # small differences) while both are equally accurate, which agreement alone does not show.
+    reference_accuracy: float | None = None
+    candidate_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,11 +117,13 @@ def compare_embeddings(
         cosine = float(row_cosines(reference, candidate).min())
     way = min(way, data.num_classes)
     sampler = EpisodeSampler(data.labels, data.class_groups, way, shot, query, seed=seed)
-    agree = []
+    agree, right_a, right_b = [], [], []
     for ep in sampler.episodes(episodes):
         a = decide(reference[ep.support], ep.support_labels, reference[ep.query], way)
         b = decide(candidate[ep.support], ep.support_labels, candidate[ep.query], way)
         agree.append(float((a == b).mean()))
+        right_a.append(float((a == ep.query_labels).mean()))
+        right_b.append(float((b == ep.query_labels).mean()))
     agreement = float(np.mean(agree))
     tol = TOLERANCES[precision]
     failures = []
@@ -132,5 +139,6 @@ def compare_embeddings(
     return ParityReport(
         backend=backend, precision=precision, images=len(reference), max_abs_diff=diff, min_cosine=cosine,
         episodes=episodes, way=way, shot=shot, query=query, agreement=agreement, tolerances=tol,
-        passed=not failures, failures=failures,
+        passed=not failures, failures=failures, reference_accuracy=float(np.mean(right_a)),
+        candidate_accuracy=float(np.mean(right_b)),
     )  # fmt: skip

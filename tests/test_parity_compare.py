@@ -181,3 +181,20 @@ def test_episodes_are_seeded():
     first, again = compare(noisy, seed=3, precision="int8"), compare(noisy, seed=3, precision="int8")
     other = [compare(noisy, seed=s, precision="int8").agreement for s in range(4, 10)]
     assert first.agreement == again.agreement and any(a != first.agreement for a in other)
+
+
+def test_each_sides_accuracy_is_reported_beside_the_gate():
+    """The accuracies on the agreement episodes are counted against the episodes' own labels, one per side, and
+    judge nothing: the candidate below fails on agreement alone."""
+    z = embeddings()
+    same = compare(z.copy())
+    assert same.reference_accuracy == same.candidate_accuracy == 1.0  # well separated classes
+    # Half of each class's images (odd drawers) moved onto the next class's centre: an episode whose support and
+    # query come from different halves answers wrong.
+    moved = z.reshape(CLASSES, PER_CLASS, DIM).copy()
+    moved[:, 1::2] = np.roll(moved[:, 1::2], 1, axis=0)
+    r = compare(moved.reshape(-1, DIM), way=CLASSES, episodes=50)
+    assert r.reference_accuracy == 1.0 and 0.0 < r.candidate_accuracy < 1.0
+    assert r.candidate_accuracy == pytest.approx(r.agreement)  # the reference is always right here
+    assert r.to_dict()["candidate_accuracy"] == r.candidate_accuracy
+    assert not any("accuracy" in f for f in r.failures) and r.failures

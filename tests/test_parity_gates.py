@@ -7,6 +7,7 @@ Runtime. A gate that compared PyTorch with itself, or loosened the int8 toleranc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def test_export_refuses_a_scaled_weight_and_writes_nothing(tiny_run_dir, tmp_pat
         export_checkpoint(tiny_run_dir, tmp_path / "bundle", parity_episodes=20)
     message = str(refused.value)
     assert "onnxruntime-cpu (fp32): max abs difference" in message
-    assert "cosine" not in message and "agreement" not in message
+    assert "cosine" not in message and "agreement" not in message and "accuracy" not in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -184,6 +185,7 @@ def test_export_checks_the_enroll_graph_too(tiny_run_dir, tmp_path, monkeypatch)
         export_checkpoint(tiny_run_dir, tmp_path / "bundle", parity_episodes=20, enroll_views=3)
     message = str(refused.value)
     assert all(words in message for words in ("max abs difference", "min cosine", "agreement"))
+    assert re.search(r"accuracy on those episodes: PyTorch \d+\.\d%, this graph \d+\.\d%", message)
     assert "onnxruntime-cpu (fp32)" not in message  # the query graph passed
     assert list(tmp_path.iterdir()) == []
 
