@@ -397,7 +397,7 @@ def export_cmd(
         # Classification reports carry both sides' accuracy on the agreement episodes; locate's, mask IoUs.
         accuracy, both = getattr(r, "reference_accuracy", None), ""
         if accuracy is not None:
-            both = f" (accuracy {100 * accuracy:.1f}% PyTorch, {100 * r.candidate_accuracy:.1f}% exported)"
+            both = f" (accuracy {100 * accuracy:.1f}% reference, {100 * r.candidate_accuracy:.1f}% exported)"
         console.print(
             f"parity {r.backend} ({r.precision}) on {r.images} images: max |diff| {r.max_abs_diff:.2e}, "
             f"min cosine {r.min_cosine:.6f}, {r.episodes}-episode agreement {100 * r.agreement:.2f}%{both}"

@@ -25,7 +25,7 @@ from metaedge.data import LoadedDataset, open_dataset
 from metaedge.errors import MetaedgeError
 from metaedge.open_set import CalibrationError, calibrate_curve, calibrate_sessions
 from metaedge.ort import create_session, run_batched
-from metaedge.parity import ParityReport, check_parity
+from metaedge.parity import AGREEMENT_FAILURE, ParityReport, check_parity
 from metaedge.targets import TargetProfile, get_target
 
 INPUT, OUTPUT = "images", "embeddings"
@@ -188,10 +188,9 @@ def write_verification(reports: list[ParityReport], path: Path, force: bool, qua
 
 def _accuracies(report: ParityReport) -> str:
     """Where agreement failed, both sides' accuracy on its episodes: disagreeing answers may be equally right."""
-    agreement_failed = any(f.startswith("few-shot prediction agreement") for f in report.failures)
-    if getattr(report, "reference_accuracy", None) is None or not agreement_failed:  # locate reports: mask IoU
+    if report.reference_accuracy is None or not any(f.startswith(AGREEMENT_FAILURE) for f in report.failures):
         return ""
-    return (f" (accuracy on those episodes: PyTorch {100 * report.reference_accuracy:.1f}%, this graph "
+    return (f" (accuracy on those episodes: reference {100 * report.reference_accuracy:.1f}%, this graph "
             f"{100 * report.candidate_accuracy:.1f}%)")
 
 

@@ -21,6 +21,10 @@ TOLERANCES = {
 }
 
 
+# How a failed agreement criterion's message begins (quantize.diagnosis and the exporter's refusal look for it).
+AGREEMENT_FAILURE = "few-shot prediction agreement"
+
+
 class ParityError(MetaedgeError):
     """The exported graph's output cannot be compared with PyTorch's at all (another shape)."""
 
@@ -135,7 +139,7 @@ def compare_embeddings(
     if not cosine >= tol["min_cosine"]:
         failures.append(f"min cosine similarity {cosine:.6f} < {tol['min_cosine']}")
     if not agreement >= tol["min_agreement"]:
-        failures.append(f"few-shot prediction agreement {agreement:.4f} < {tol['min_agreement']}")
+        failures.append(f"{AGREEMENT_FAILURE} {agreement:.4f} < {tol['min_agreement']}")
     return ParityReport(
         backend=backend, precision=precision, images=len(reference), max_abs_diff=diff, min_cosine=cosine,
         episodes=episodes, way=way, shot=shot, query=query, agreement=agreement, tolerances=tol,

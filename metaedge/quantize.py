@@ -168,7 +168,7 @@ def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> s
 
     failures: the gate's failure messages for the int8 graph (parity.ParityReport.failures); the spread reason is
     given only where agreement failed, the one criterion it explains."""
-    from metaedge.parity import TOLERANCES
+    from metaedge.parity import AGREEMENT_FAILURE, TOLERANCES
 
     quantization = quantization or {}
     probe = quantization.get("input_rounding")
@@ -180,7 +180,7 @@ def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> s
                 f"images, {(1.0 - cosine) / budget:.0%} of the int8 cosine budget (randomly initialised or barely "
                 "trained networks are this sensitive; no calibration setting fixes it): export it in fp32")  # fmt: skip
     spread = quantization.get("embedding_spread")
-    agreement_failed = any(f.startswith("few-shot prediction agreement") for f in failures or ())
+    agreement_failed = any(f.startswith(AGREEMENT_FAILURE) for f in failures or ())
     if spread is not None and agreement_failed and spread["median_pairwise_cosine"] >= SPREAD_LIMIT:
         return (f"this network's embeddings are nearly parallel (median cosine {spread['median_pairwise_cosine']:.4f}"
                 f" between two of {spread['images']} calibration images): int8 keeps their direction, but the "

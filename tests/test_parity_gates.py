@@ -185,7 +185,7 @@ def test_export_checks_the_enroll_graph_too(tiny_run_dir, tmp_path, monkeypatch)
         export_checkpoint(tiny_run_dir, tmp_path / "bundle", parity_episodes=20, enroll_views=3)
     message = str(refused.value)
     assert all(words in message for words in ("max abs difference", "min cosine", "agreement"))
-    assert re.search(r"accuracy on those episodes: PyTorch \d+\.\d%, this graph \d+\.\d%", message)
+    assert re.search(r"accuracy on those episodes: reference \d+\.\d%, this graph \d+\.\d%", message)
     assert "onnxruntime-cpu (fp32)" not in message  # the query graph passed
     assert list(tmp_path.iterdir()) == []
 
