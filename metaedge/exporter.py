@@ -188,7 +188,7 @@ def write_verification(reports: list[ParityReport], path: Path, force: bool, qua
 
 def _accuracies(report: ParityReport) -> str:
     """Where agreement failed, both sides' accuracy on its episodes: disagreeing answers may be equally right."""
-    if report.reference_accuracy is None or not any(f.startswith(AGREEMENT_FAILURE) for f in report.failures):
+    if not any(f.startswith(AGREEMENT_FAILURE) for f in report.failures):
         return ""
     return (f" (accuracy on those episodes: reference {100 * report.reference_accuracy:.1f}%, this graph "
             f"{100 * report.candidate_accuracy:.1f}%)")

@@ -47,8 +47,8 @@ class ParityReport:
     # Each side's own accuracy on the agreement episodes, reported beside the gate, not judged by it: a network
     # whose answers are near chance can disagree with its exported graph on many queries (decisions that hang on
     # small differences) while both are equally accurate, which agreement alone does not show.
-    reference_accuracy: float | None = None
-    candidate_accuracy: float | None = None
+    reference_accuracy: float
+    candidate_accuracy: float
 
     def to_dict(self) -> dict:
         return asdict(self)
