@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,10 @@ from metaedge.cli_locate import locate, locate_demo
 from metaedge.cli_profile import profile
 from metaedge.cli_serve import serve
 from metaedge.errors import MetaedgeError
+
+# How long a torchrun rank other than 0 waits, after a settings error every rank finds, for torchrun to stop it
+# once rank 0 has reported the error and failed (torchrun looks every 0.1 s by default).
+RANK_ERROR_GRACE_S = 30.0
 
 
 class _FlagsShowNoType:
@@ -195,7 +200,11 @@ def train(
     try:
         config = for_ranks(config, world)  # the settings the ranks share, checked before any progress bar
     except MetaedgeError as e:
-        if not main_rank:  # every rank finds the same: rank 0 says it once
+        if not main_rank:
+            # Every rank finds the same: rank 0 says it once. Leaving at once let torchrun see this rank fail
+            # first and stop rank 0 before its message was out (once in fresh-clone CI), so wait for torchrun to
+            # stop this rank after rank 0's exit; the bound only matters if rank 0 somehow went on.
+            time.sleep(RANK_ERROR_GRACE_S)
             raise typer.Exit(1) from None
         fail(str(e))
     if world > 1 and main_rank and not resume:  # a resumed run keeps its own meta-batch
