@@ -47,6 +47,9 @@ PROTOTYPE_INPUT, PROTOTYPE_OUTPUT = "images", "embeddings"  # the names a classi
 TOLERANCES = {"fp32": {"max_abs_diff": 1e-3, "min_agreement": 0.99},
               "int8": {"max_abs_diff": None, "min_agreement": 0.95}}  # fmt: skip
 PARITY_CLUTTER = (4, 32)
+# Scenes the dense graph's int8 ranges are measured on: each holds dozens of glyphs, so far fewer than the
+# classifier's calibration images (quantize.CALIBRATION_IMAGES) cover the ranges.
+CALIBRATION_SCENES = 128
 ACCEPT_PRESENT = 0.95  # the open-set threshold keeps this share of the scenes that hold the target
 DECODE_KEEP = 0.99  # the decode floor keeps this share of the accepted scenes that hold the target
 
@@ -287,7 +290,7 @@ def export_segment_checkpoint(checkpoint, out, *, target: str = "x86-cpu", fmt: 
         if int8:
             train_glyphs = Glyphs.from_dataset(_train_dataset(meta))
             episodes = ClutterEpisodes(train_glyphs, meta["segment"]["clutter"], one_colour=0.5, seed=12345)
-            calib = SCENE_SPEC.normalize(episodes.batch(range(quantize.CALIBRATION_IMAGES // 4)).scenes)
+            calib = SCENE_SPEC.normalize(episodes.batch(range(CALIBRATION_SCENES)).scenes)
             quantized = tmp / "dense-int8.onnx"
             quantization = quantize.quantize_int8(files["dense.onnx"], quantized, calib, DENSE_INPUT)
             files["dense.onnx"] = quantized

@@ -135,12 +135,15 @@ def verification_data(checkpoint: ckpt.Checkpoint, verify_data: Sequence[str] | 
 
 
 def calibration_images(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
-    """Images to calibrate int8 ranges on, uint8 (N, C, S, S): `calibration_data`, else a fixed sample of the
-    checkpoint's own training images (never its held-out groups, which parity and evaluation use).
-    """
-    data = _images(checkpoint, calibration_data, "train", "--calibration-data", "names no training groups",
-                   "training data")  # fmt: skip
-    return quantize.calibration_sample(data.pixels)
+    """Images to calibrate int8 ranges on, uint8 (N, C, S, S): a fixed sample of `calibration_pool`."""
+    return quantize.calibration_sample(calibration_pool(checkpoint, calibration_data))
+
+
+def calibration_pool(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
+    """Every image calibration may sample, uint8 (N, C, S, S): `calibration_data`, else the checkpoint's own
+    training images (never its held-out groups, which parity and evaluation use)."""
+    return _images(checkpoint, calibration_data, "train", "--calibration-data", "names no training groups",
+                   "training data").pixels  # fmt: skip
 
 
 def _images(checkpoint: ckpt.Checkpoint, given: Sequence[str] | None, part: str, option: str, none: str,

@@ -247,4 +247,4 @@ def test_calibration_sample_is_fixed_ordered_and_at_most_count():
     assert len(a) == 90 and np.all(np.diff(a[:, 0]) > 0)  # in their original order, no repeats
     assert np.array_equal(a, quantize.calibration_sample(pixels, count=90))  # seeded
     assert not np.array_equal(a, quantize.calibration_sample(pixels, count=90, seed=1))
-    assert len(quantize.calibration_sample(np.arange(600)[:, None])) == quantize.CALIBRATION_IMAGES == 512
+    assert len(quantize.calibration_sample(np.arange(3000)[:, None])) == quantize.CALIBRATION_IMAGES == 2048
