@@ -106,6 +106,9 @@ def test_info_healthz_and_metrics(client):
     assert 'metaedge_http_requests_total{method="GET",route="/v1/classes",status="200"}' in text
     assert 'metaedge_http_requests_total{method="POST",route="/v1/classify",status="422"}' in text
     assert 'metaedge_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/v1/classes"}' in text
+    # the scrape itself is the one request in progress
+    assert 'metaedge_http_requests_in_progress{method="GET"} 1.0' in text
+    assert 'metaedge_http_requests_in_progress{method="POST"} 0.0' in text
     classes = len(client.get("/v1/classes").json())
     assert f"metaedge_gallery_classes {float(classes)}" in text
 

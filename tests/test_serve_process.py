@@ -29,6 +29,13 @@ def enroll(port: int, label: str, images: list[bytes], **kw) -> tuple[int, dict]
     return status, json.loads(body)
 
 
+def in_progress(port: int, method: str) -> int:
+    """Requests of `method` that the server's workers are handling now (its /metrics, summed over workers)."""
+    _, text = bench.request(port, "GET", "/metrics")
+    prefix = f'metaedge_http_requests_in_progress{{method="{method}"}} '
+    return round(sum(float(line[len(prefix) :]) for line in text.decode().splitlines() if line.startswith(prefix)))
+
+
 def classes(port: int) -> dict[str, int]:
     status, body = bench.request(port, "GET", "/v1/classes")
     assert status == 200, body
@@ -70,7 +77,14 @@ def test_load_on_two_workers_then_sigterm_lets_in_flight_requests_finish(tmp_pat
                    for k in range(3)]  # fmt: skip
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        # SIGTERM only once a worker has taken every one of them: a request still waiting to be accepted is
+        # refused by a stopping server, rightly (a fixed 0.3 s wait was too short once on a loaded machine).
+        # The scrape queues behind enrollments on its worker's runtime thread, so some have finished by then;
+        # on the dev VM one of the three was still in flight at SIGTERM in each of three runs.
+        deadline = time.monotonic() + 60
+        while (busy := in_progress(port, "POST")) + len(results) < 3:
+            assert time.monotonic() < deadline, f"the enrollments were not taken within 60 s: {busy} in progress"
+            time.sleep(0.01)
         code = bench.stop_server(proc, signal.SIGTERM)
         for t in threads:
             t.join()

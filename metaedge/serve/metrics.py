@@ -1,11 +1,12 @@
-"""Prometheus metrics: requests and latency per endpoint, gallery size; summed over every worker process."""
+"""Prometheus metrics: requests and latency per endpoint, requests in progress, gallery size; summed over every
+worker process."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 # Loopback round trips are ~0.1-1 ms, an enrollment tens of ms, a cold start seconds.
@@ -23,6 +24,10 @@ class Metrics:
                                 registry=self.registry)  # fmt: skip
         self.latency = Histogram("metaedge_http_request_duration_seconds", "Time from request to last byte sent",
                                  ("method", "route"), buckets=BUCKETS, registry=self.registry)  # fmt: skip
+        # By method alone: the route is known only once the app has routed the request. Summed over the living
+        # workers. A request counts from the moment a worker has taken it, so what a graceful stop lets finish.
+        self.in_progress = Gauge("metaedge_http_requests_in_progress", "HTTP requests being handled now",
+                                 ("method",), multiprocess_mode="livesum", registry=self.registry)  # fmt: skip
 
     def render(self, classes: int, embeddings: int) -> tuple[bytes, str]:
         """The text exposition format: request metrics plus the gallery's size as read just now."""
@@ -60,6 +65,8 @@ class MetricsMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = [500]
+        in_progress = self.metrics.in_progress.labels(scope["method"])
+        in_progress.inc()
 
         async def send_status(message) -> None:
             if message["type"] == "http.response.start":
@@ -69,6 +76,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            in_progress.dec()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
             self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
