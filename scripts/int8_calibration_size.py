@@ -39,7 +39,8 @@ def main() -> None:
     pool = calibration_pool(loaded, None)
     held_out = spec.normalize(verification_data(loaded, None).pixels)
     graph = args.fp32_bundle / "backbone.onnx"
-    reference = run_batched(create_session(graph), held_out)
+    session = create_session(graph)
+    reference, input_name = run_batched(session, held_out), session.get_inputs()[0].name
     gate = TOLERANCES["int8"]["min_cosine"]
     print(f"{len(pool)} training images to sample from; {len(held_out)} held-out images; int8 gate min cosine {gate}")
     print("images  seed  min_cos  p0.1_cos  median_cos  below_gate  seconds")
@@ -49,7 +50,7 @@ def main() -> None:
                 start = time.perf_counter()
                 sample = spec.normalize(quantize.calibration_sample(pool, size, seed))
                 out = Path(tmp) / f"int8-{size}-{seed}.onnx"
-                quantize.quantize_int8(graph, out, sample, create_session(graph).get_inputs()[0].name)
+                quantize.quantize_int8(graph, out, sample, input_name)
                 cos = row_cosines(reference, run_batched(create_session(out), held_out))
                 low, p01, mid = np.percentile(cos, [0, 0.1, 50])
                 below = int((cos < gate).sum())
