@@ -16,11 +16,9 @@
 #        (2000), DEVICE (cpu), PLAIN (1; 0 skips the student trained without a teacher)
 # Then each student's classify and enroll time against the teacher's in one run (scripts/bench_runtime.py
 # --against) and the bundles' sizes: issue 17 asks for at most 1/3 of the ensemble's time.
-# Not run to its length yet: issue 17's first session ran it end to end with EPISODES=3 STUDENT="--backbone conv4
-# --width 16" LOSSES=kl EVAL_SEEDS=2 EVAL_EPISODES=50 to check the recipe; WEIGHT and TEMPERATURE are untuned.
-# Measured there (one thread, the same process, a 60-way 1-shot 5-query episode of 360 images): the ensemble
-# teacher's forward pass took 2.8 s against 3.8 s for a Conv4-64 student's training step on the loaded VM,
-# so a distilled Conv4 run costs about 1.75 times a plain one (less, relatively, for a ResNet-12 student).
+# Run at full length for kl, kl+relational, both distances and 4000 / 8000 episodes: every command and result is
+# in BENCHMARKS.md ("easyfsl's differences, and distillation"); WEIGHT and TEMPERATURE are still untuned.
+# A ResNet-12 student costs 0.7-0.9 s per episode on the 2 dev cores with the teacher, 0.33 s without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/omniglot}
