@@ -9,13 +9,14 @@ loop; then the same two steps alternated with the network as Runtime.classify ru
 then ONNX Runtime on that image); then ONNX Runtime alone in a tight loop on one image. The gap between
 "alternated" and "tight" is what each step loses to the other (caches, ONNX Runtime's threads going to
 sleep). Enroll, per class of 5 images, on an on-disk gallery: Runtime.enroll's own timings_ms.
-Why it exists (issue 17): a single network 5-7x faster than the ensemble classified only ~2.7x faster end to
-end; this says which part of the call is shared.
+Why it exists (issue 17): a single network about 5x faster than the ensemble classified only about 2.6x faster
+end to end; this says which part of the call is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -73,8 +74,8 @@ def main() -> None:
     args = ap.parse_args()
     chars = sorted(p for p in (SAMPLES / "Korean").iterdir() if p.is_dir())[: args.classes]
     queries = [p for c in chars for p in sorted(c.glob("*.png"))[5:]][: args.queries]
-    with tempfile.TemporaryDirectory() as tmp:
-        runtimes = [Runtime(b, Path(tmp) / f"gallery{i}.db") for i, b in enumerate(args.bundles)]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        runtimes = [stack.enter_context(Runtime(b, Path(tmp) / f"gallery{i}.db")) for i, b in enumerate(args.bundles)]
         for rt in runtimes:
             rt.embed([queries[0]])  # first-inference cost is not steady state
         for r in range(args.rounds):  # bundles in turn, round after round: the VM's drift hits each alike
@@ -83,8 +84,6 @@ def main() -> None:
                 print(f"round {r + 1} {rt.bundle.model_id}\n  classify ms: "
                       + "  ".join(f"{k} {v:.3f}" for k, v in c.items())
                       + "\n  enroll ms:   " + "  ".join(f"{k} {v:.2f}" for k, v in e.items()), flush=True)  # fmt: skip
-        for rt in runtimes:
-            rt.close()
 
 
 if __name__ == "__main__":
