@@ -33,6 +33,7 @@ from metaedge import checkpoint as ckpt
 from metaedge.demo import SAMPLES
 from metaedge.evaluate import evaluate_checkpoint
 from metaedge.exporter import export_checkpoint
+from metaedge.profiling.conditions import cpu_info
 from metaedge.runtime import Runtime
 
 BUDGET_MS, BUDGET_MB = 2.0, 20.0
@@ -173,6 +174,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
+    # Latencies belong to a CPU: the dev VM has been an AMD EPYC and an Intel Xeon, 1.6-2.5x apart (BENCHMARKS.md).
+    machine = cpu_info()
+    print(f"CPU: {machine['model']}, {machine['usable_cores']} usable cores, load {machine['load_average_1m']}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="metaedge-pareto-") as tmp:
         for index, spec in enumerate(args.candidate):  # one folder each: a name may come back with other views
@@ -190,7 +194,7 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"cpu": machine, "candidates": rows}, indent=2))
     if args.markdown:
         args.markdown.write_text(table)
 
