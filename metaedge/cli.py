@@ -340,7 +340,7 @@ def export_cmd(
         bool, typer.Option(help="int8: the ONNX graph for ONNX Runtime on CPU targets, or the TensorRT engine.")
     ] = False,
     calibration_data: Annotated[
-        list[Path] | None, typer.Option(help="Images for int8 calibration; default: 512 of the training images.")
+        list[Path] | None, typer.Option(help="Images for int8 calibration; default: 2048 of the training images.")
     ] = None,
     verify_data: Annotated[list[Path] | None, typer.Option(help="Images for the parity check.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,

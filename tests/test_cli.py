@@ -117,6 +117,14 @@ def test_help_shows_no_type_for_flags():
     assert "<int>" in runner.invoke(app, ["classify", "--help"]).stdout  # options that take a value keep theirs
 
 
+def test_export_help_gives_the_calibration_sample_the_exporter_uses():
+    # The CLI does not import numpy (start-up time), so its help states the number; this keeps the two equal.
+    from metaedge.quantize import CALIBRATION_IMAGES
+
+    text = " ".join(runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert f"default: {CALIBRATION_IMAGES} of the training images" in text
+
+
 def test_commands_without_a_gallery_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("METAEDGE_STORE", str(tmp_path / "none.db"))
     image = tmp_path / "a.png"
