@@ -342,6 +342,11 @@ def export_cmd(
     calibration_data: Annotated[
         list[Path] | None, typer.Option(help="Images for int8 calibration; default: 2048 of the training images.")
     ] = None,
+    calibration_size: Annotated[
+        int | None,
+        typer.Option(help="int8: how many calibration images to sample; default 2048. Ranges are min-max: a larger "
+                          "sample clips fewer outliers but quantizes in coarser steps."),
+    ] = None,
     verify_data: Annotated[list[Path] | None, typer.Option(help="Images for the parity check.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     force: Annotated[bool, typer.Option(help="Write the bundle even if the parity check fails.")] = False,
@@ -382,15 +387,16 @@ def export_cmd(
             result = import_onnx(
                 onnx_model, out, preprocess=preprocess, verify_data=[str(p) for p in verify_data or []],
                 metric=metric, target=target, int8=int8, calibration_data=[str(p) for p in calibration_data or []],
-                force=force, overwrite=overwrite,
+                calibration_size=calibration_size, force=force, overwrite=overwrite,
             )  # fmt: skip
         elif checkpoint is None or (out is None and not dry_run):
             fail("export needs CHECKPOINT and --out")
         else:
             result = export_checkpoint(
                 checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, opset=opset, force=force,
-                calibration_data=[str(p) for p in calibration_data or []], dry_run=dry_run, overwrite=overwrite,
-                verify_data=[str(p) for p in verify_data or []], views=views, enroll_views=enroll_views,
+                calibration_data=[str(p) for p in calibration_data or []], calibration_size=calibration_size,
+                dry_run=dry_run, overwrite=overwrite, verify_data=[str(p) for p in verify_data or []], views=views,
+                enroll_views=enroll_views,
             )  # fmt: skip
     except MetaedgeError as e:
         fail(str(e))

@@ -134,9 +134,10 @@ def verification_data(checkpoint: ckpt.Checkpoint, verify_data: Sequence[str] | 
     return _images(checkpoint, verify_data, "test", "--verify-data", "holds out no groups", "held-out data")
 
 
-def calibration_images(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
-    """Images to calibrate int8 ranges on, uint8 (N, C, S, S): a fixed sample of `calibration_pool`."""
-    return quantize.calibration_sample(calibration_pool(checkpoint, calibration_data))
+def calibration_images(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None,
+                       size: int = quantize.CALIBRATION_IMAGES) -> np.ndarray:  # fmt: skip
+    """Images to calibrate int8 ranges on, uint8 (N, C, S, S): a fixed sample of `size` from `calibration_pool`."""
+    return quantize.calibration_sample(calibration_pool(checkpoint, calibration_data), size)
 
 
 def calibration_pool(checkpoint: ckpt.Checkpoint, calibration_data: Sequence[str] | None) -> np.ndarray:
@@ -245,6 +246,7 @@ def export_checkpoint(
     fp16: bool = False,
     int8: bool = False,
     calibration_data: Sequence[str] | None = None,
+    calibration_size: int | None = None,
     verify_data: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
@@ -255,15 +257,19 @@ def export_checkpoint(
     views: int | None = None,
     enroll_views: int | None = None,
 ) -> ExportResult:
-    """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails."""
+    """Export, verify against PyTorch, and write the bundle; nothing is written when verification fails.
+
+    calibration_size: how many images int8 samples for its ranges (default quantize.CALIBRATION_IMAGES).
+    """
     get_target(target)  # a mistyped option is named before anything reads the checkpoint
+    size = quantize.check_calibration_size(calibration_size)
     if ckpt.read_meta(ckpt.resolve(checkpoint)).get("task") == "segment":  # a localisation bundle: export_segment.py
         from metaedge.export_segment import export_segment_checkpoint
 
         return export_segment_checkpoint(
             checkpoint, out, target=target, fmt=fmt, fp16=fp16, int8=int8, calibration_data=calibration_data,
             verify_data=verify_data, opset=opset, force=force, dry_run=dry_run, overwrite=overwrite,
-            views=views, enroll_views=enroll_views, adaptation=adaptation,
+            views=views, enroll_views=enroll_views, adaptation=adaptation, calibration_size=calibration_size,
         )  # fmt: skip
     t0 = time.perf_counter()
     if fmt not in ("onnx", "tensorrt"):
@@ -299,7 +305,7 @@ def export_checkpoint(
         tmp = Path(tmp)
         onnx_path = tmp / "backbone.onnx"
         t = time.perf_counter()
-        calib = spec.normalize(calibration_images(loaded, calibration_data)) if quantize_graph else None
+        calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if quantize_graph else None
         quantization = _graph(loaded, onnx_path, opset, calib)
         timings["onnx_export_s"] = time.perf_counter() - t  # with quantization, where asked
         t = time.perf_counter()
@@ -323,7 +329,7 @@ def export_checkpoint(
             files["enroll.onnx"] = enroll_path
         engine_meta = None
         if settings is not None:
-            calib = spec.normalize(calibration_images(loaded, calibration_data)) if settings.int8 else None
+            calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if settings.int8 else None
             engine_path, cache_path = tmp / "backbone.engine", tmp / "timing.cache"
             engine = trt_engine.build_engine(onnx_path, settings, timing_cache=cache_path, calibration_images=calib)
             engine_path.write_bytes(engine)

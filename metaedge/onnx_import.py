@@ -152,6 +152,7 @@ def import_onnx(
     target: str = "x86-cpu",
     int8: bool = False,
     calibration_data: Sequence[str] | None = None,
+    calibration_size: int | None = None,
     force: bool = False,
     overwrite: bool = False,
     parity_episodes: int = 200,
@@ -161,13 +162,14 @@ def import_onnx(
 
     The fp32 check holds the wrapped graph to the graph as given (run by ONNX Runtime, pooled in numpy where
     it gives a feature map); with `int8`, the quantized graph to the fp32 one at the int8 tolerances.
-    Calibration images for int8: `calibration_data`, else a fixed sample of the verification images (an external
-    graph comes without its training data).
+    Calibration images for int8: `calibration_data`, else the verification images (an external graph comes
+    without its training data); a fixed sample of `calibration_size` of them (default: CALIBRATION_IMAGES).
     """
     import onnx
 
     t0 = time.perf_counter()
     onnx_path, out = Path(onnx_path), Path(out)
+    size = quantize.check_calibration_size(calibration_size)
     if metric not in METRICS:
         raise ExportError(f"unknown metric {metric!r}; choose {' or '.join(METRICS)}")
     if not verify_data:
@@ -212,7 +214,7 @@ def import_onnx(
         if int8:
             calib = open_dataset(list(calibration_data)).load(spec).pixels if calibration_data else data.pixels
             onnx_file = tmp / "backbone.onnx"
-            calib = spec.normalize(quantize.calibration_sample(calib))
+            calib = spec.normalize(quantize.calibration_sample(calib, size))
             quantization = quantize.quantize_int8(float_path, onnx_file, calib, INPUT)
             if not calibration_data:
                 quantization["calibration"] = "a sample of the --verify-data images"

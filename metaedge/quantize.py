@@ -197,6 +197,15 @@ def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> s
     return None
 
 
+def check_calibration_size(size: int | None) -> int:
+    """The number of calibration images asked for (None: CALIBRATION_IMAGES), or MetaedgeError naming the option."""
+    if size is None:
+        return CALIBRATION_IMAGES
+    if size < 1:
+        raise MetaedgeError(f"--calibration-size must be at least 1, got {size}")
+    return size
+
+
 def calibration_sample(pixels: np.ndarray, count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
     """A fixed random sample of `count` images (all of them where there are fewer), in their original order."""
     if len(pixels) <= count:

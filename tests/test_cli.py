@@ -123,6 +123,7 @@ def test_export_help_gives_the_calibration_sample_the_exporter_uses():
 
     text = " ".join(runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).stdout.split())
     assert f"default: {CALIBRATION_IMAGES} of the training images" in text
+    assert f"how many calibration images to sample; default {CALIBRATION_IMAGES}." in text
 
 
 def test_commands_without_a_gallery_say_what_to_do(tmp_path, monkeypatch):

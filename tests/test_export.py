@@ -93,6 +93,22 @@ def test_int8_graph_for_cpu_targets_is_calibrated_verified_and_its_own_model(exp
     assert not (tmp_path / "x").exists()
 
 
+def test_int8_calibrates_on_as_many_images_as_asked(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from metaedge.cli import app
+
+    # Min-max ranges widen with the sample: the Omniglot ResNet-12 student lost a quarter of a point at 2048
+    # images that it kept at 512 (BENCHMARKS.md, issue 17), so the size is the user's to choose.
+    small = export_checkpoint(run_dir, tmp_path / "small", int8=True, calibration_size=24, parity_episodes=5,
+                              force=True).bundle  # fmt: skip
+    assert small.manifest["backbone"]["quantization"]["calibration_images"] == 24
+    done = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "none"), "--int8",
+                                    "--calibration-size", "0"])  # fmt: skip
+    assert done.exit_code == 1 and "--calibration-size must be at least 1, got 0" in done.stderr
+    assert not (tmp_path / "none").exists()
+
+
 def test_onnx_graph_checks_and_runs_any_batch(exported, run_dir):
     model = onnx.load(str(exported.bundle.onnx_path))
     onnx.checker.check_model(model, full_check=True)
