@@ -65,7 +65,8 @@ class ExportResult:
     timings: dict = field(default_factory=dict)
 
 
-def model_id(checkpoint: ckpt.Checkpoint, int8: bool = False) -> str:
+def model_id(checkpoint: ckpt.Checkpoint, int8: bool = False, calibration: np.ndarray | None = None) -> str:
+    """What galleries are keyed by; calibration: the images int8 measured its ranges on, as the quantizer saw them."""
     digest = hashlib.sha256(Path(checkpoint.path).read_bytes()).hexdigest()[:12]
     base = f"{checkpoint.meta['algorithm']['name']}-{checkpoint.meta['backbone']['name']}-{digest}"
     # Views and quantization change every embedding, so a gallery enrolled through one graph must not
@@ -74,7 +75,7 @@ def model_id(checkpoint: ckpt.Checkpoint, int8: bool = False) -> str:
         base = f"{base}-v{checkpoint.views}"
     if checkpoint.enrolls_apart:
         base = f"{base}-e{checkpoint.enroll_views}"
-    return f"{base}-int8" if int8 else base
+    return base + quantize.id_suffix(calibration) if int8 else base
 
 
 class _Embedder(torch.nn.Module):
@@ -306,6 +307,7 @@ def export_checkpoint(
         onnx_path = tmp / "backbone.onnx"
         t = time.perf_counter()
         calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if quantize_graph else None
+        onnx_calib = calib
         quantization = _graph(loaded, onnx_path, opset, calib)
         timings["onnx_export_s"] = time.perf_counter() - t  # with quantization, where asked
         t = time.perf_counter()
@@ -358,14 +360,15 @@ def export_checkpoint(
         adapt = inner_loop(loaded.method, adaptation)
         if "step_sizes_file" in adapt:
             files[adapt["step_sizes_file"]] = write_step_sizes(loaded.method, tmp / adapt["step_sizes_file"])
-        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta, quantization)
+        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta, quantization, onnx_calib)
         manifest["open_set"] = open_set
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
     return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
 
 
 def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data: LoadedDataset,
-              adaptation: dict, engine: dict | None, quantization: dict | None) -> dict:  # fmt: skip
+              adaptation: dict, engine: dict | None, quantization: dict | None,
+              calibration: np.ndarray | None = None) -> dict:  # fmt: skip
     import onnx
     import onnxruntime
 
@@ -373,7 +376,7 @@ def _manifest(loaded: ckpt.Checkpoint, profile: TargetProfile, opset: int, data:
     metric = getattr(method, "metric", "sqeuclidean")
     scale = float(method.log_scale.detach().exp()) if metric == "cosine" else 1.0
     return {
-        "model_id": model_id(loaded, int8=quantization is not None),
+        "model_id": model_id(loaded, int8=quantization is not None, calibration=calibration),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {**ckpt.versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "source_checkpoint": {"file": loaded.path.name, "episode": meta.get("episode"), "seed": meta.get("seed")},

@@ -236,7 +236,7 @@ def import_onnx(
         except CalibrationError as e:
             raise ExportError(f"--verify-data cannot calibrate the open-set threshold: {e}") from None
         manifest = _manifest(onnx_path, model, spec, info, metric, embeddings.shape[1], data, profile, quantization,
-                             max_batch)  # fmt: skip
+                             max_batch, calib if int8 else None)  # fmt: skip
         manifest["open_set"] = open_set
         files = {"backbone.onnx": onnx_file, "verify.json": tmp / "verify.json"}
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
@@ -244,7 +244,7 @@ def import_onnx(
 
 
 def _manifest(onnx_path: Path, model, spec: PreprocessSpec, info: dict, metric: str, dim: int, data: LoadedDataset,
-              profile, quantization: dict | None, max_batch: int) -> dict:  # fmt: skip
+              profile, quantization: dict | None, max_batch: int, calibration: np.ndarray | None) -> dict:  # fmt: skip
     import onnx
     import onnxruntime
 
@@ -255,7 +255,7 @@ def _manifest(onnx_path: Path, model, spec: PreprocessSpec, info: dict, metric: 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     target = {**profile.to_dict(), "max_batch": min(max_batch, profile.max_batch)}
     return {
-        "model_id": f"onnx-{stem}-{digest[:12]}" + ("-int8" if quantization else ""),
+        "model_id": f"onnx-{stem}-{digest[:12]}" + (quantize.id_suffix(calibration) if quantization else ""),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "source_onnx": {"file": onnx_path.name, "sha256": digest, "producer": model.producer_name or None,

@@ -36,6 +36,7 @@ No pretrained MobileNetV3 could be measured here (nothing can be downloaded).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -195,6 +196,18 @@ def diagnosis(quantization: dict | None, failures: list[str] | None = None) -> s
                 "longer (or from pretrained weights) so that images of different classes point apart, or export "
                 "it in fp32")  # fmt: skip
     return None
+
+
+def id_suffix(calibration: np.ndarray | None) -> str:
+    """A quantized model's id suffix: "-int8", then a digest of its calibration images as the quantizer saw them.
+
+    int8 embeddings depend on which images, and how many, the ranges came from: two calibrations of one network
+    are two models, and a gallery enrolled through one must not match the other (issue 17's ResNet-12 student
+    moved a quarter of a point between 512 and 2048 images). None: the calibration is not known.
+    """
+    if calibration is None:
+        return "-int8"
+    return "-int8-" + hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:8]
 
 
 def check_calibration_size(size: int | None) -> int:

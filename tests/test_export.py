@@ -63,7 +63,8 @@ def test_int8_graph_for_cpu_targets_is_calibrated_verified_and_its_own_model(exp
         m["backbone"]["quantization"]["calibration_images"] > 0
         and exported.bundle.manifest["backbone"]["quantization"] is None
     )
-    assert q.model_id == exported.bundle.model_id + "-int8"  # int8 embeddings differ: galleries must not mix
+    # int8 embeddings differ, and differ by calibration: galleries must not mix.
+    assert q.model_id.startswith(exported.bundle.model_id + "-int8-") and len(q.model_id.split("-int8-")[1]) == 8
     ops = {n.op_type for n in onnx.load(str(q.onnx_path)).graph.node}
     assert "QLinearConv" in ops and "Conv" not in ops  # really integer convolutions, not a float graph renamed
     report = json.loads((q.path / "verify.json").read_text())["reports"][0]
@@ -103,6 +104,9 @@ def test_int8_calibrates_on_as_many_images_as_asked(run_dir, tmp_path):
     small = export_checkpoint(run_dir, tmp_path / "small", int8=True, calibration_size=24, parity_episodes=5,
                               force=True).bundle  # fmt: skip
     assert small.manifest["backbone"]["quantization"]["calibration_images"] == 24
+    other = export_checkpoint(run_dir, tmp_path / "other", int8=True, calibration_size=25, parity_episodes=5,
+                              force=True).bundle  # fmt: skip
+    assert other.model_id != small.model_id and other.model_id.split("-int8-")[0] == small.model_id.split("-int8-")[0]
     done = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "none"), "--int8",
                                     "--calibration-size", "0"])  # fmt: skip
     assert done.exit_code == 1 and "--calibration-size must be at least 1, got 0" in done.stderr
