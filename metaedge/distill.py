@@ -1,6 +1,6 @@
 """Knowledge distillation: a trained teacher's embedding geometry on each training episode, as a loss for a student.
 
-    teacher = load_teacher("metaedge/reference/bundle")          # a bundle (ONNX Runtime) or a run folder
+    teacher = load_teacher("metaedge/reference/ensemble")        # a bundle (ONNX Runtime) or a run folder
     distiller = Distiller(teacher, loss="kl", weight=1.0, temperature=4.0)
     targets = distiller.targets(images_at_teacher_size)           # (N, Dt), no gradient
     loss = cross_entropy + distiller.loss(zs, zq, student_logits, targets, support_labels, way)

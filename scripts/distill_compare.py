@@ -9,7 +9,7 @@ easyfsl_differences.sh trains plain-p1-s{SEED} plus the teacher:
       --data $DATA/images_background_small2.zip --out OUT/plain-p1-kl-sSEED --algorithm protonet --backbone conv4 \
       --width 64 --image-size 28 --way 60 --shot 1 --query 5 --episodes 600 --lr 1e-3 --no-rotations --no-augment \
       --holdout-groups 2 --val-groups 1 --val-every 600 --seed SEED --split-seed 0 --loss-distance plain \
-      --embed-passes 1 --device cpu --teacher metaedge/reference/bundle --distill kl
+      --embed-passes 1 --device cpu --teacher metaedge/reference/ensemble --distill kl
 """
 
 import sys

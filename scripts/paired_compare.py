@@ -47,8 +47,9 @@ def main() -> None:
     for b, d in zip(bundles, data):
         queries, support = bundle_embeddings(b, d.pixels)
         support = queries if support is None else support
-        accs = []
+        accs, groups = [], []
         for ep in sampler.episodes(args.episodes):
+            groups.append(d.class_groups[d.labels[ep.query[0]]])  # one group per episode with --within-group
             logits = prototype_logits(support[ep.support], ep.support_labels, queries[ep.query], args.way, b.metric,
                                       b.scale)  # fmt: skip
             accs.append(float((logits.argmax(axis=1) == ep.query_labels).mean()))
@@ -57,6 +58,13 @@ def main() -> None:
         print(f"{b.model_id}: {100 * mean:.2f}% ± {100 * ci:.2f}")
     diff, ci = mean_ci95(per_model[0] - per_model[1])
     print(f"paired difference (first - second), {args.episodes} episodes: {100 * diff:+.2f} points ± {100 * ci:.2f}")
+    if args.within_group:  # where a difference comes from: each episode is one alphabet's
+        groups = np.asarray(groups)
+        for group in sorted(set(groups)):
+            rows = groups == group
+            diff, ci = mean_ci95(per_model[0][rows] - per_model[1][rows])
+            print(f"  {group}, {rows.sum()} episodes: {100 * per_model[0][rows].mean():.2f}% vs "
+                  f"{100 * per_model[1][rows].mean():.2f}%, {100 * diff:+.2f} points ± {100 * ci:.2f}")
 
 
 if __name__ == "__main__":

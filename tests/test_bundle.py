@@ -33,7 +33,9 @@ def resign(path: Path, manifest: dict) -> None:
 
 def test_the_shipped_bundle_loads_and_reads(copy):
     b = bundle_io.load(copy)
-    assert b.model_id.startswith("protonet-ensemble-") and b.embedding_dim > 0
+    # Issue 17's single network, int8 with its calibration in the id; the ensemble it learnt from ships beside it.
+    assert b.model_id.startswith("protonet-resnet12-") and "-int8-" in b.model_id and b.embedding_dim == 128
+    assert bundle_io.load(REFERENCE_BUNDLE.parent / "ensemble").model_id.startswith("protonet-ensemble-")
     assert b.onnx_path == copy / "backbone.onnx" and b.has_enroll_graph and b.enroll_onnx_path == copy / "enroll.onnx"
     assert b.file("verify.json") == copy / "verify.json"
     with pytest.raises(bundle_io.BundleError, match="lists no file 'nope.onnx'"):
