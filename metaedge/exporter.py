@@ -307,7 +307,6 @@ def export_checkpoint(
         onnx_path = tmp / "backbone.onnx"
         t = time.perf_counter()
         calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if quantize_graph else None
-        onnx_calib = calib
         quantization = _graph(loaded, onnx_path, opset, calib)
         timings["onnx_export_s"] = time.perf_counter() - t  # with quantization, where asked
         t = time.perf_counter()
@@ -331,9 +330,10 @@ def export_checkpoint(
             files["enroll.onnx"] = enroll_path
         engine_meta = None
         if settings is not None:
-            calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if settings.int8 else None
+            engine_calib = spec.normalize(calibration_images(loaded, calibration_data, size)) if settings.int8 else None
             engine_path, cache_path = tmp / "backbone.engine", tmp / "timing.cache"
-            engine = trt_engine.build_engine(onnx_path, settings, timing_cache=cache_path, calibration_images=calib)
+            engine = trt_engine.build_engine(onnx_path, settings, timing_cache=cache_path,
+                                             calibration_images=engine_calib)  # fmt: skip
             engine_path.write_bytes(engine)
             runner = trt_engine.EngineRunner(engine, INPUT, OUTPUT)
             step = settings.max_batch
@@ -360,7 +360,7 @@ def export_checkpoint(
         adapt = inner_loop(loaded.method, adaptation)
         if "step_sizes_file" in adapt:
             files[adapt["step_sizes_file"]] = write_step_sizes(loaded.method, tmp / adapt["step_sizes_file"])
-        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta, quantization, onnx_calib)
+        manifest = _manifest(loaded, profile, opset, data, adapt, engine_meta, quantization, calib)
         manifest["open_set"] = open_set
         written = bundle_io.write(out, manifest, files, overwrite=overwrite)
     return ExportResult(written, reports, time.perf_counter() - t0, timings=timings)
