@@ -180,6 +180,19 @@ def runs(tiny_bundle, tiny_run_dir, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+def test_an_int8_bundle_is_known_as_the_export_of_its_checkpoint(tiny_run_dir, tmp_path):
+    from metaedge.exporter import export_checkpoint
+
+    # Its id ends in a digest of the calibration images, which the checkpoint alone cannot reproduce.
+    bundle = export_checkpoint(tiny_run_dir, tmp_path / "b8", int8=True, calibration_size=32, parity_episodes=5,
+                               force=True).bundle  # fmt: skip
+    assert "-int8-" in bundle.model_id
+    done = runner.invoke(cli(), ["profile", "--bundle", str(bundle.path), *SHORT, "--checkpoint", str(tiny_run_dir)])
+    assert done.exit_code == 0, done.output
+    assert "other weights" not in " ".join(done.output.split())
+
+
+@pytest.mark.slow
 def test_profile_validates_against_its_schema(runs):
     validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
     for doc in (runs["a"], runs["b"]):

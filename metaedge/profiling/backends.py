@@ -103,7 +103,8 @@ def _torch(bundle: Bundle, target: dict, checkpoint: Path | None, warnings: list
     if not same_net:
         warnings.append(f"the checkpoint's backbone ({loaded.meta['backbone']}) is not the bundle's: torch figures "
                         "measure another network than the onnxruntime ones")  # fmt: skip
-    elif ident != bundle.model_id:
+    # An int8 bundle's id ends in a digest of its calibration images, which the checkpoint cannot know.
+    elif bundle.model_id != ident and not bundle.model_id.startswith(f"{ident}-"):
         warnings.append(f"the checkpoint is {ident}, the bundle {bundle.model_id}: same architecture, other weights "
                         "(latency depends on the architecture only)")  # fmt: skip
     path = loaded.path
