@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaedge import bundle as bundle_io
 from metaedge import checkpoint as ckpt
 from metaedge.demo import SAMPLES
 from metaedge.evaluate import evaluate_checkpoint
@@ -105,11 +106,11 @@ def describe(settings: dict) -> str:
 
 def measure(name: str, source: Path, export: str, episodes: int, seed: int, out: Path) -> dict:
     """Export (a run, to `out`) or take (a bundle) one candidate and score it; its classify time comes later."""
-    if (source / "manifest.json").is_file():
+    if (source / bundle_io.MANIFEST).is_file():
         if export:
             raise SystemExit(f"{name}: {source} is a bundle, measured as it is; drop @{export}")
         bundle, settings = source, None
-        model_id = json.loads((source / "manifest.json").read_text())["model_id"]
+        model_id = bundle_io.load(source).model_id  # and its files checked against their hashes
         row = {"views": "as shipped", "recipe": f"bundle {model_id}", "episodes_trained": None, "train_minutes": None}
     else:
         settings = parse_export(export)
