@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -111,7 +112,9 @@ class PreprocessSpec:
 
         The one path every image takes, in training, evaluation, export checks and on the device.
         """
-        image = _flatten(_upright(image)).convert(self.mode)
+        image = _flatten(_upright(image))
+        if image.mode != self.mode:  # convert() to the same mode is a copy
+            image = image.convert(self.mode)
         filt = _RESAMPLE[self.resample]
         if self.resize_mode == "plain":
             if image.size != (self.size, self.size):
@@ -124,6 +127,21 @@ class PreprocessSpec:
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (..., channels, size, size) from `resize` -> float32 network input of the same shape."""
+        if pixels.dtype != np.uint8:
+            return self._arithmetic(pixels)
+        # One table lookup instead of four passes over the pixels: a third of the device's per-image
+        # preprocessing at 28x28. The table holds `_arithmetic`'s own results, so the two agree bit for bit.
+        if self.channels == 1:
+            return self._table[0][pixels]
+        return self._table[np.arange(self.channels)[:, None, None], pixels]
+
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        """float32 (channels, 256): the network input of each uint8 level in each channel."""
+        levels = np.broadcast_to(np.arange(256, dtype=np.uint8), (self.channels, 1, 256))
+        return np.ascontiguousarray(self._arithmetic(levels)[:, 0, :])
+
+    def _arithmetic(self, pixels: np.ndarray) -> np.ndarray:
         x = pixels.astype(np.float32) / 255.0
         if self.invert:
             x = 1.0 - x

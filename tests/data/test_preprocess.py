@@ -24,6 +24,30 @@ def test_values_of_a_known_image():
     assert x[0, 7, 7] == pytest.approx(-2.0)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [PreprocessSpec(), PreprocessSpec(channels=1, invert=False, mean=(0.5,), std=(0.3,)),
+     PreprocessSpec(channels=3, size=32, invert=False, mean=PRESETS["rgb"]["mean"], std=PRESETS["rgb"]["std"])],
+    ids=["omniglot", "grey-standardised", "rgb-imagenet-stats"],
+)  # fmt: skip
+def test_normalize_is_the_float32_formula_bit_for_bit(spec):
+    """The runtime normalises by table lookup; training, export checks and the device must still see exactly
+    what ((1 - p / 255 if invert) - mean) / std gives in float32, for one image and for batches."""
+    rng = np.random.default_rng(0)
+    for shape in [(spec.channels, 7, 7), (5, spec.channels, 4, 4), (2, 3, spec.channels, 3, 3)]:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        pixels.flat[:256] = np.arange(256)[: pixels.size]  # every level that fits
+        x = pixels.astype(np.float32) / np.float32(255)
+        if spec.invert:
+            x = np.float32(1) - x
+        mean = np.asarray(spec.mean, np.float32)[:, None, None]
+        want = (x - mean) / np.asarray(spec.std, np.float32)[:, None, None]
+        got = spec.normalize(pixels)
+        assert got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        np.testing.assert_array_equal(spec.normalize(pixels.astype(np.float32)), want)  # not uint8: arithmetic
+
+
 def test_rgb_from_grayscale_and_grayscale_from_rgb():
     rgb = Image.new("RGB", (10, 10), (255, 0, 0))
     gray = PreprocessSpec(channels=1, size=10, invert=False)(rgb)
