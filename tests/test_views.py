@@ -27,6 +27,19 @@ def test_one_view_is_the_backbone_and_the_first_view_is_the_identity():
     torch.testing.assert_close(warped, x, atol=1e-5, rtol=0)  # grid coordinates round-trip in float32
 
 
+@pytest.mark.parametrize("size", [28, 56])
+def test_each_view_resamples_as_grid_sample_does(size):
+    """Shifts and zooms are two small matrix products, not GridSample: the same bilinear, border-padded
+    sampling of the view's affine map, to float32 rounding (grid_sample's own identity is off by ~3e-6)."""
+    views = TestTimeViews(MAX_VIEWS, size)
+    x = torch.rand(4, 3, size, size)
+    for v in range(MAX_VIEWS):
+        want = torch.nn.functional.grid_sample(x, views.grid[v : v + 1].expand(4, size, size, 2),
+                                               padding_mode="border", align_corners=False)  # fmt: skip
+        torch.testing.assert_close(views.warp(x)[4 * v : 4 * v + 4], want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(views.warp(x)[:4], x, atol=0, rtol=0)  # the identity view is the image itself
+
+
 def test_views_average_per_image_independently_of_the_batch():
     torch.manual_seed(0)
     net = Conv4(width=8).eval()
@@ -49,6 +62,10 @@ def test_out_of_range_counts_are_refused(bad):
 def test_exported_views_match_pytorch_and_change_the_model_id(tiny_run_dir, tmp_path):
     result = export_checkpoint(tiny_run_dir, tmp_path / "b", parity_episodes=20, views=5)
     manifest = json.loads((result.bundle.path / "manifest.json").read_text())
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(result.bundle.onnx_path)).graph.node}
+    assert "GridSample" not in ops and "Einsum" in ops  # five views: shifts only, no sampling grid
     plain = export_checkpoint(tiny_run_dir, tmp_path / "plain", parity_episodes=20)
     assert manifest["backbone"]["views"] == 5 and result.bundle.model_id == plain.bundle.model_id + "-v5"
     loaded = ckpt.load(tiny_run_dir)

@@ -3,8 +3,11 @@
 A one-shot support image is a single noisy sample of its class; averaging the embeddings of small shifts,
 rotations and zooms of it makes the prototype less sensitive to exactly where and how large the character
 was drawn. Each image is still embedded on its own (inductive), queries included, and the warps are fixed,
-so the same image always gets the same embedding. The warps are constant sampling grids, so the whole
-thing exports into the ONNX graph (GridSample) and the device runs exactly what evaluation measured.
+so the same image always gets the same embedding. The warps are constants, so the whole thing exports into
+the ONNX graph and the device runs exactly what evaluation measured. A shift or zoom is bilinear resampling
+along each axis on its own, two small matrix products (the identity none at all); only a rotation needs a
+sampling grid (GridSample), which ONNX Runtime runs 10-20x slower: 0.3-0.6 ms of a 28x28 student's 3.5 ms
+enrollment graph (5 images, 3 views) before the separable form.
 
 Measured on the 6000-episode Conv4 ProtoNet (within-alphabet 20-way 1-shot, Greek + Korean, 1000 episodes):
 1 view 91.17% +- 0.44, the 9 views below 92.90% +- 0.40.
@@ -56,15 +59,59 @@ class TestTimeViews(nn.Module):
         # (V, S, S, 2): computed once, not saved in checkpoints (it follows from `count` and `size`).
         grid = F.affine_grid(theta, [self.count, 1, size, size], align_corners=False)
         self.register_buffer("grid", grid, persistent=False)
+        # Per view: None for a rotation (sampled through the grid), else the (rows, columns) resampling matrices,
+        # each (S, S) or None where that axis is left as it is.
+        self._axes: list[tuple[str | None, str | None] | None] = []
+        for v, (degrees, tx, ty, zoom) in enumerate(VIEWS[: self.count]):
+            if degrees != 0.0:
+                self._axes.append(None)
+                continue
+            names = []
+            for axis, shift in (("rows", ty), ("cols", tx)):
+                if zoom == 1.0 and shift == 0.0:
+                    names.append(None)
+                    continue
+                name = f"{axis}{v}"
+                self.register_buffer(name, resampling_matrix(size, 1.0 / zoom, shift), persistent=False)
+                names.append(name)
+            self._axes.append((names[0], names[1]))
+
+    def warp(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (V*B, C, S, S), view-major: what the backbone embeds."""
+        b, _, h, w = images.shape
+        views = []
+        for v, axes in enumerate(self._axes):
+            if axes is None:
+                # Border padding repeats the edge, which is background for centred characters and objects alike.
+                grid = self.grid[v : v + 1].expand(b, h, w, 2)
+                views.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
+                continue
+            rows, cols = axes
+            x = images
+            if cols is not None:  # out[..., j] = sum_k x[..., k] m[j, k]
+                x = torch.einsum("bchk,jk->bchj", x, getattr(self, cols))
+            if rows is not None:
+                x = torch.einsum("bckw,ik->bciw", x, getattr(self, rows))
+            views.append(x)
+        return torch.cat(views)
 
     def forward(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if self.count == 1:
             return backbone(images)
-        b, c, h, w = images.shape
-        v = self.count
-        # (V*B, C, S, S): view-major, each view's grid repeated over the batch.
-        x = images.unsqueeze(0).expand(v, b, c, h, w).reshape(v * b, c, h, w)
-        grid = self.grid.unsqueeze(1).expand(v, b, h, w, 2).reshape(v * b, h, w, 2)
-        # Border padding repeats the edge, which is background for centred characters and objects alike.
-        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return backbone(warped).reshape(v, b, -1).mean(dim=0)
+        return backbone(self.warp(images)).reshape(self.count, images.shape[0], -1).mean(dim=0)
+
+
+def resampling_matrix(size: int, scale: float, shift: float) -> torch.Tensor:
+    """float32 (size, size) m: output pixel j along one axis = sum_k m[j, k] * input pixel k, as grid_sample
+    samples it for the affine map x -> scale * x + shift (bilinear, border padding, align_corners=False):
+    pixel centres at (2j + 1) / size - 1 in [-1, 1], the source clamped to the edge pixels."""
+    m = torch.zeros(size, size, dtype=torch.float64)
+    for j in range(size):
+        g = scale * ((2 * j + 1) / size - 1) + shift
+        u = min(max(((g + 1) * size - 1) / 2, 0.0), size - 1.0)
+        k = math.floor(u)
+        frac = u - k
+        m[j, k] += 1.0 - frac
+        if frac > 0:
+            m[j, k + 1] += frac
+    return m.float()
