@@ -532,8 +532,11 @@ class Gallery:
         SQLite's data_version moves on commits by other connections; `_writes` counts this object's own.
         A reader caches prototypes under this key instead of querying them for every image.
         """
-        with self._mapped("read it"):
-            (data_version,) = self._require().execute("PRAGMA data_version").fetchone()
+        db = self._require()
+        try:  # not `_mapped`: read on every classify call, where a generator context manager costs more than this
+            (data_version,) = db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, "read it") from e
         return data_version, self._writes
 
     def embeddings(self, label: str) -> np.ndarray:

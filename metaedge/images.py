@@ -158,4 +158,6 @@ def preprocess(images: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
     """Decode and preprocess a list of inputs -> float32 (N, channels, size, size), exactly as in training."""
     if not images:
         raise DataError("no images given")
-    return np.stack([spec(open_image(image, i)) for i, image in enumerate(images)])
+    arrays = [spec(open_image(image, i)) for i, image in enumerate(images)]
+    # One image (every classify call of a camera loop) is a view, not np.stack's copy of it.
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)

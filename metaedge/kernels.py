@@ -125,8 +125,10 @@ def logits(queries, prototypes, metric: str = "cosine", scale: float = 1.0, *, b
     p = as_float_matrix(prototypes, "prototypes")
     check_logits_shapes(q.shape, p.shape)
     if _use_native(backend):
-        with _as_kernel_errors():
+        try:  # `_as_kernel_errors` inline: this runs once per classify call on the device
             out = _C.logits_cpu(q, p, metric, scale)
+        except ValueError as exc:
+            raise KernelInputError(str(exc)) from None
         return _served("native-cpu", out)
     return _served("reference", _reference.logits(q, p, metric, scale))
 

@@ -40,5 +40,7 @@ def create_session(path: str | os.PathLike, providers: tuple[str, ...] | list[st
 def run_batched(session, images: np.ndarray, max_batch: int = 64) -> np.ndarray:
     """images float32 (N, C, H, W) -> outputs float32 (N, D), in batches of at most `max_batch`."""
     name = session.get_inputs()[0].name
+    if len(images) <= max_batch:  # one run: its output as it is, without np.concatenate's copy
+        return session.run(None, {name: images})[0].astype(np.float32, copy=False)
     out = [session.run(None, {name: images[i : i + max_batch]})[0] for i in range(0, len(images), max_batch)]
     return np.concatenate(out).astype(np.float32, copy=False)

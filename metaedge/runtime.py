@@ -147,7 +147,8 @@ class Runtime:
         k = min(top_k, len(labels))
         out = []
         for row_rank, row_sim in zip(ranking, similarity):
-            order = np.argsort(-row_rank, kind="stable")[:k]
+            # argmax is argsort's first entry (the lowest index among ties) without sorting every class.
+            order = [int(np.argmax(row_rank))] if k == 1 else np.argsort(-row_rank, kind="stable")[:k]
             best = int(order[0])
             score = float(row_sim[best])
             # The best class's own threshold only: looking one up for every class cost more than the

@@ -55,6 +55,17 @@ def test_enroll_then_classify_unseen_drawings(tiny_bundle, store):
             assert -1.0 <= p.score <= 1.0  # cosine similarity
 
 
+def test_a_tie_goes_to_the_first_label_for_one_answer_and_for_several(tiny_bundle, tmp_path):
+    """classify's top-1 (argmax) and its top-k (a stable sort) agree where classes score the same."""
+    with Runtime(tiny_bundle, tmp_path / "g.db") as rt:
+        for label in ("twin-b", "twin-a", "other"):  # enrolled out of order: the gallery sorts its labels
+            rt.enroll(label, character(3 if label == "other" else 1)[:3])
+        query = character(1)[7]
+        one, three = rt.classify([query], threshold=None)[0], rt.classify([query], top_k=3, threshold=None)[0]
+        assert three.top_k[0][1] == three.top_k[1][1]  # the twins' prototypes are the same vector
+        assert one.label == three.label == "twin-a" and one.top_k == three.top_k[:1]
+
+
 def test_threshold_rejects_and_none_never_does(tiny_bundle, store):
     with Runtime(tiny_bundle, store) as rt:
         image = character(1)[10]
