@@ -45,6 +45,7 @@ class TrainConfig:
     backbone: str = "conv4"
     width: int = 64
     depth: int = 4
+    activation: str = "leaky"  # resnet12: "relu" instead of LeakyReLU(0.1) (models/resnet12.py)
     image_size: int = 28
     way: int = 60
     shot: int = 1
@@ -406,6 +407,8 @@ def _backbone_kwargs(config: TrainConfig) -> dict:
     kwargs = {"in_channels": config.spec().channels, "width": config.width}
     if config.depth != 4:  # only where it differs, so checkpoints of the default stay as they were
         kwargs["depth"] = config.depth
+    if config.activation != "leaky":  # likewise; a backbone without the option refuses it by name
+        kwargs["activation"] = config.activation
     return kwargs
 
 
