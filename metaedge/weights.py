@@ -16,7 +16,8 @@ from torch import nn
 from metaedge.errors import MetaedgeError
 
 # Prefixes a state dict's keys often carry from the module that held the network when it was saved
-# (DataParallel's "module.", a wrapper's "model."/"backbone.", metaedge's own "network.").
+# (DataParallel's "module.", a wrapper's "model."/"backbone.", as in a metaedge checkpoint, ExternalBackbone's
+# "network.").
 _PREFIXES = ("module.", "model.", "backbone.", "network.", "state_dict.")
 # Where checkpoints written by training scripts keep the state dict itself.
 _NESTED = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -105,17 +106,24 @@ def _tensors(obj, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _strip_prefixes(tensors: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
-    """Drop a prefix every key shares while that makes more keys match the network's own."""
+def _strip_prefixes(tensors: dict[str, torch.Tensor], own: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Keep the keys under a prefix, without it, while that makes more keys match the network's own.
+
+    Returns those tensors and the file's keys left out on the way (a metaedge checkpoint's optimizer state and
+    learned scale beside its `backbone.` tensors; nothing for a file whose every key shares the prefix).
+    """
+    left_out: list[str] = []
+    names = {k: k for k in tensors}  # key now -> the file's own name for it
     changed = True
     while changed:
         changed = False
         for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in tensors):
-                stripped = {k[len(prefix) :]: v for k, v in tensors.items()}
-                if len(own & set(stripped)) > len(own & set(tensors)):
-                    tensors, changed = stripped, True
-    return tensors
+            stripped = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if len(own & set(stripped)) > len(own & set(tensors)):
+                left_out += [names[k] for k in tensors if not k.startswith(prefix)]
+                names = {k[len(prefix) :]: names[k] for k in tensors if k.startswith(prefix)}
+                tensors, changed = stripped, True
+    return tensors, left_out
 
 
 def load_init_weights(backbone: nn.Module, path: str | os.PathLike) -> WeightsReport:
@@ -129,7 +137,7 @@ def load_init_weights(backbone: nn.Module, path: str | os.PathLike) -> WeightsRe
     target = backbone.network if isinstance(backbone, ExternalBackbone) else backbone
     tensors, fmt = read_state_dict(path)
     own = target.state_dict()
-    tensors = _strip_prefixes(tensors, set(own))
+    tensors, left_out = _strip_prefixes(tensors, set(own))
     shared = [k for k in own if k in tensors]
     mismatched = [k for k in shared if tuple(tensors[k].shape) != tuple(own[k].shape)]
     what = type(target).__name__
@@ -146,5 +154,5 @@ def load_init_weights(backbone: nn.Module, path: str | os.PathLike) -> WeightsRe
     target.load_state_dict({k: tensors[k].to(own[k].dtype) for k in shared}, strict=False)
     return WeightsReport(
         file=str(path), sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(), format=fmt, loaded=len(shared),
-        missing=[k for k in own if k not in tensors], unexpected=[k for k in tensors if k not in own],
+        missing=[k for k in own if k not in tensors], unexpected=[k for k in tensors if k not in own] + left_out,
     )  # fmt: skip

@@ -106,6 +106,21 @@ def test_safetensors_and_torch_files_load_with_a_key_report(tmp_path):
     torch.testing.assert_close(backbone.network.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
 
 
+def test_a_metaedge_checkpoint_starts_a_backbone(tiny_run_dir):
+    """A run's own checkpoint (backbone tensors beside its optimizer state) is an --init-weights file too."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_run_dir / "last.safetensors"))
+    backbone = create_backbone("conv4", in_channels=1, width=16)
+    report = load_init_weights(backbone, tiny_run_dir / "last.safetensors")
+    own = backbone.state_dict()
+    assert report.loaded == len(own) and report.missing == []
+    assert all(torch.equal(v, saved[f"backbone.{k}"]) for k, v in own.items())
+    # What it has no place for is reported under the file's own names, not dropped in silence.
+    assert sorted(report.unexpected) == sorted(k for k in saved if not k.startswith("backbone."))
+    assert any(k.startswith("optimizer.") for k in report.unexpected)
+
+
 def test_weights_of_another_architecture_name_the_mismatched_keys(tmp_path):
     torch.save(tv_state("mobilenet_v3_large"), tmp_path / "large.pth")
     backbone = create_backbone("torchvision:mobilenet_v3_small")
