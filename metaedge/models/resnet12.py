@@ -7,8 +7,8 @@ global average pooling makes the embedding `8 * width` either way. DropBlock, wh
 overfitting on miniImageNet, is left out: training already warps every image (data/augment.py).
 
 `activation="relu"` swaps the original LeakyReLU(0.1) for ReLU: an int8 graph then folds every activation into
-the convolution or addition before it (ONNX Runtime's QLinearLeakyRelu nodes go), which cut a width-16
-network's classify call on the dev CPU by 8-12% (BENCHMARKS.md, issue 17). Same parameters, same state dict.
+the convolution or addition before it (ONNX Runtime's QLinearLeakyRelu nodes go), which took 5-12% off a
+width-16 network's classify call on the dev CPU (BENCHMARKS.md, issue 17). Same parameters, same state dict.
 """
 
 from __future__ import annotations
