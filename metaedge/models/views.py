@@ -76,6 +76,14 @@ class TestTimeViews(nn.Module):
                 names.append(name)
             self._axes.append((names[0], names[1]))
 
+    def matrices(self, view: int) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+        """View `view`'s (rows, columns) resampling matrices, each float32 (S, S) or None where that axis is left
+        as it is; None for a rotation, which needs the sampling grid `self.grid[view]` (S, S, 2)."""
+        axes = self._axes[view]
+        if axes is None:
+            return None
+        return tuple(None if name is None else getattr(self, name) for name in axes)
+
     def warp(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (V*B, C, S, S), view-major: what the backbone embeds."""
         b, _, h, w = images.shape
@@ -86,12 +94,12 @@ class TestTimeViews(nn.Module):
                 grid = self.grid[v : v + 1].expand(b, h, w, 2)
                 views.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
                 continue
-            rows, cols = axes
+            rows, cols = self.matrices(v)
             x = images
             if cols is not None:  # out[..., j] = sum_k x[..., k] m[j, k]
-                x = torch.einsum("bchk,jk->bchj", x, getattr(self, cols))
+                x = torch.einsum("bchk,jk->bchj", x, cols)
             if rows is not None:
-                x = torch.einsum("bckw,ik->bciw", x, getattr(self, rows))
+                x = torch.einsum("bckw,ik->bciw", x, rows)
             views.append(x)
         return torch.cat(views)
 
