@@ -3,7 +3,7 @@
 and classify one image (decode to answer), with the reference bundle and an on-disk gallery.
 
     python scripts/bench_runtime.py [--bundle DIR] [--against OTHER_DIR] [--classes 40] [--queries 300]
-        [--rounds 3] [--json PATH]
+        [--rounds 3] [--fast-int8] [--json PATH]
 
 Targets (issue 4): enroll p50 < 20 ms, classify p50 < 1 ms. Prints measured percentiles and the ratio to target.
 --against times a second bundle in the same run, in turn with the first in blocks of BLOCK calls (each with a
@@ -14,6 +14,8 @@ caches for the other, and measured both bundles 20-40% slower than either runs o
 --rounds repeats both passes (each round enrolls the same classes afresh: removed, untimed, first) and prints the
 ratio of each round besides that of all calls: on the dev VM one round's classify ratio moved by +-0.03 from run
 to run, as much as the changes it was to judge.
+--fast-int8 times ONNX Runtime's saturating u8 x s8 kernels instead of the exact ones metaedge asks for
+(metaedge.ort.EXACT_INT8); the two differ only on x86 CPUs without VNNI.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from metaedge.demo import SAMPLES
 from metaedge.images import preprocess
+from metaedge import ort
 from metaedge.ort import run_batched
 from metaedge.runtime import Runtime
 
@@ -55,8 +58,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3, help="passes over the classes and the queries")
+    ap.add_argument("--fast-int8", action="store_true", help="ONNX Runtime's saturating int8 kernels (no VNNI)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    ort.EXACT_INT8 = not args.fast_int8
 
     chars = sorted(p for p in (SAMPLES / "Korean").iterdir() if p.is_dir())[: args.classes]
     images = {c.name: sorted(c.glob("*.png")) for c in chars}
