@@ -183,6 +183,27 @@ def write(out: str | os.PathLike, manifest: dict, files: dict[str, Path], overwr
     return load(out)
 
 
+def check_rewritable(bundle: Bundle) -> None:
+    """Refuse to rewrite a bundle whose folder holds files its manifest does not list: a rewrite would drop them."""
+    listed = set(bundle.manifest["files"]) | {MANIFEST}
+    unlisted = sorted(p.name for p in bundle.path.iterdir() if p.name not in listed)
+    if unlisted:
+        raise BundleError(f"{bundle.path}: holds files the manifest does not list ({', '.join(unlisted)}); "
+                          "move them out first, the rewrite would drop them")  # fmt: skip
+
+
+def replace_files(bundle: Bundle, replacements: dict[str, Path]) -> Bundle:
+    """Write the verified `bundle` again in place with some of its files replaced (name -> new source), all or
+    nothing; everything else in the manifest, the model id included, stays as it was, its hashes and digest follow."""
+    check_rewritable(bundle)
+    unknown = sorted(set(replacements) - set(bundle.manifest["files"]))
+    if unknown:
+        raise BundleError(f"{bundle.path}: the manifest lists no file {unknown[0]!r}")
+    files = {name: replacements.get(name, bundle.path / name) for name in bundle.manifest["files"]}
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "digest")}
+    return write(bundle.path, manifest, files, overwrite=True)
+
+
 def update_manifest(path: str | os.PathLike, entries: dict) -> Bundle:
     """Set top-level manifest `entries` of a verified bundle (e.g. a recalibrated `open_set`) and its digest.
 

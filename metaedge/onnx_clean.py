@@ -149,29 +149,24 @@ def strip_bundle(path: str | os.PathLike, *, check_images: int = 8, seed: int = 
     """
     loaded = bundle_io.load(path)  # verifies every hash first: never re-hash a file that was already changed
     path = loaded.path
-    listed = set(loaded.manifest["files"]) | {bundle_io.MANIFEST}
-    unlisted = sorted(p.name for p in path.iterdir() if p.name not in listed)
-    if unlisted:
-        raise MetaedgeError(f"{path}: holds files the manifest does not list ({', '.join(unlisted)}); "
-                            "move them out first, the rewrite would drop them")  # fmt: skip
+    bundle_io.check_rewritable(loaded)
     _, channels, size, _ = loaded.manifest["backbone"]["input"]["shape"]
     images = np.random.default_rng(seed).standard_normal((check_images, channels, size, size)).astype(np.float32)
     report: dict[str, tuple[int, int, int]] = {}
     with tempfile.TemporaryDirectory(prefix="metaedge-strip-") as tmp:
-        files = {name: path / name for name in loaded.manifest["files"]}
-        for name in [n for n in files if n.endswith(".onnx")]:
+        stripped_files = {}
+        for name in [n for n in loaded.manifest["files"] if n.endswith(".onnx")]:
             stripped = Path(tmp) / name
-            removed = strip_file(files[name], stripped)
-            before, after = _embed(files[name], images), _embed(stripped, images)
+            removed = strip_file(path / name, stripped)
+            before, after = _embed(path / name, images), _embed(stripped, images)
             if not np.array_equal(before, after):
                 diff = float(np.abs(before - after).max())
                 raise MetaedgeError(f"{path / name}: the stripped graph's embeddings differ from the original's "
                                     f"(max |diff| {diff:.3g}); the bundle is unchanged")  # fmt: skip
-            report[name] = (files[name].stat().st_size, stripped.stat().st_size, removed)
-            files[name] = stripped
+            report[name] = ((path / name).stat().st_size, stripped.stat().st_size, removed)
+            stripped_files[name] = stripped
         if any(removed for _, _, removed in report.values()):
-            manifest = {k: v for k, v in loaded.manifest.items() if k not in ("files", "digest")}
-            bundle_io.write(path, manifest, files, overwrite=True)
+            bundle_io.replace_files(loaded, stripped_files)
     return StripReport(path, report)
 
 

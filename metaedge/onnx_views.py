@@ -195,11 +195,7 @@ def separate_bundle_views(path: str | os.PathLike, *, check_images: int = 64, se
 
     loaded = bundle_io.load(path)  # verifies every hash first
     path = loaded.path
-    listed = set(loaded.manifest["files"]) | {bundle_io.MANIFEST}
-    unlisted = sorted(p.name for p in path.iterdir() if p.name not in listed)
-    if unlisted:
-        raise MetaedgeError(f"{path}: holds files the manifest does not list ({', '.join(unlisted)}); "
-                            "move them out first, the rewrite would drop them")  # fmt: skip
+    bundle_io.check_rewritable(loaded)
     name = loaded.enroll_onnx_path.name
     original = onnx.load(str(path / name))
     try:
@@ -223,10 +219,7 @@ def separate_bundle_views(path: str | os.PathLike, *, check_images: int = 64, se
         if warp_diff > WARP_ATOL or min_cosine < MIN_COSINE:
             raise MetaedgeError(f"{path / name}: the rewritten views differ from the sampled ones (warp max |diff| "
                                 f"{warp_diff:.3g}, embedding min cosine {min_cosine:.6f}); the bundle is unchanged")  # fmt: skip
-        files = {n: path / n for n in loaded.manifest["files"]}
-        files[name] = new_file
-        manifest = {k: v for k, v in loaded.manifest.items() if k not in ("files", "digest")}
-        bundle_io.write(path, manifest, files, overwrite=True)
+        bundle_io.replace_files(loaded, {name: new_file})
     return SeparateReport(bundle=path, file=name, views=found.count, size=found.size,
                           nodes=(len(original.graph.node), len(rewritten.graph.node)),
                           warp_max_diff=warp_diff, min_cosine=min_cosine)  # fmt: skip

@@ -181,3 +181,12 @@ def test_update_manifest_keeps_the_manifest_readable_as_it_was(copy):
     updated = bundle_io.update_manifest(copy, {"open_set": {"threshold": -1.5}})
     assert stat.S_IMODE((copy / bundle_io.MANIFEST).stat().st_mode) == 0o640  # mkstemp's 0o600 is not kept
     assert (copy / bundle_io.MANIFEST).read_text() == json.dumps(updated.manifest, indent=2) + "\n"
+
+
+def test_replace_files_refuses_a_name_the_manifest_does_not_list(tmp_path):
+    bundle = bundle_io.load(shutil.copytree(REFERENCE_BUNDLE, tmp_path / "b"))
+    snapshot = {p.name: p.read_bytes() for p in bundle.path.iterdir()}
+    (tmp_path / "x.onnx").write_bytes(b"not listed")
+    with pytest.raises(bundle_io.BundleError, match="lists no file 'x.onnx'"):
+        bundle_io.replace_files(bundle, {"x.onnx": tmp_path / "x.onnx"})
+    assert {p.name: p.read_bytes() for p in bundle.path.iterdir()} == snapshot
