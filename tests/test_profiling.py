@@ -279,3 +279,29 @@ def test_compare_gives_b_over_a_per_matched_figure(runs):
     assert only_a == set(a) - set(b) and {k[1] for k in only_a} == {"torch-cpu"}
     assert comparison["only_in_b"] == []
     assert "B/A" in result.output and "only in A" in result.output
+
+
+def test_int8_instructions_are_read_from_cpuinfo(tmp_path):
+    zen3 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx avx2 fma\n"
+    xeon = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_vnni amx_int8 amx_tile\n"
+    orin = "processor\t: 0\nFeatures\t: fp asimd asimddp asimdhp i8mm\n"
+    assert cond.int8_instructions(zen3) == ["avx2"]
+    assert cond.int8_instructions(xeon) == ["avx2", "avx512f", "avx512_vnni", "amx_int8"]
+    assert cond.int8_instructions(orin) == ["asimddp", "i8mm"]
+    assert cond.int8_instructions("model name\t: something\n") == []
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(xeon)
+    assert cond.cpu_info(tmp_path)["int8_instructions"] == ["avx2", "avx512f", "avx512_vnni", "amx_int8"]
+
+
+@pytest.mark.slow
+def test_compare_names_a_change_of_int8_instructions(runs):
+    from metaedge.profiling.compare import compare_profiles
+
+    assert runs["a"]["conditions"]["cpu"]["int8_instructions"] == cond.cpu_info()["int8_instructions"]
+    a = json.loads(json.dumps(runs["a"]))
+    b = json.loads(json.dumps(a))
+    b["conditions"]["cpu"]["int8_instructions"] = ["avx2", "avx512_vnni"]
+    a["conditions"]["cpu"]["int8_instructions"] = ["avx2"]
+    differ = compare_profiles(a, b)["conditions_differ"]
+    assert {"what": "int8 instructions", "a": ["avx2"], "b": ["avx2", "avx512_vnni"]} in differ

@@ -15,6 +15,7 @@ KEY = ("stage", "backend", "batch", "ways", "shots")
 _CONDITIONS = {
     "model id": ("model", "model_id"),
     "CPU": ("cpu", "model"),
+    "int8 instructions": ("cpu", "int8_instructions"),
     "usable cores": ("cpu", "usable_cores"),
     "target": ("target", "name"),
     "metaedge": ("versions", "metaedge"),

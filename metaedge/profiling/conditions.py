@@ -38,8 +38,23 @@ def _run(argv: list[str]) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# The instruction-set extensions that decide which int8 kernels ONNX Runtime runs, and so how fast and how exact they
+# are: x86 without VNNI adds u8 x s8 products in saturating 16-bit pairs (metaedge/ort.py asks for exact kernels
+# there, at 1.25x the time); ARM's dot-product and matrix extensions do 8-bit products in 32 bits. The same CPU model
+# name can come with or without them (the dev VM's "AMD EPYC" was a Zen 4 and later a Zen 3).
+INT8_INSTRUCTIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+
+
+def int8_instructions(cpuinfo: str) -> list[str]:
+    """Which of INT8_INSTRUCTIONS /proc/cpuinfo's first `flags` (x86) or `Features` (ARM) line names, in that order."""
+    found = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    have = set(found.group(1).split()) if found else set()
+    return [name for name in INT8_INSTRUCTIONS if name in have]
+
+
 def cpu_info(root: Path = ROOT) -> dict:
-    """CPU model, logical cores, the cores this process may use, and the load before the run."""
+    """CPU model, its int8 instruction-set extensions, logical cores, the cores this process may use, and the load
+    before the run."""
     model = None
     text = _read(root / "proc" / "cpuinfo") or ""
     for key in ("model name", "Model", "Hardware"):  # x86 names the CPU; many ARM kernels only name the board
@@ -52,7 +67,7 @@ def cpu_info(root: Path = ROOT) -> dict:
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
     return {"model": model or platform.processor() or platform.machine(), "machine": platform.machine(),
-            "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "int8_instructions": int8_instructions(text), "logical_cores": os.cpu_count(), "usable_cores": usable,
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "nice": os.nice(0) if hasattr(os, "nice") else None}  # fmt: skip
 

@@ -10,6 +10,13 @@ from metaedge.profiling.table import FIGURE_COLUMNS, figure_row
 STAGE_PLOT, BACKBONE_PLOT = "stages.png", "backbone.png"
 
 
+def _int8(found: list[str] | None) -> str:
+    """The CPU's int8 extensions as a profile records them; profiles from before metaedge recorded them have none."""
+    if found is None:
+        return "not recorded"
+    return ", ".join(found) or "none that ONNX Runtime's int8 kernels use"
+
+
 def _figure(width: float, height: float):
     # The object API with no pyplot: no global backend switch, no GUI, nothing kept alive between calls.
     from matplotlib.figure import Figure
@@ -148,7 +155,8 @@ def markdown(doc: dict, command: str | None = None, backbone_plot: bool = True) 
             f"{model.get('embedding_dim')}-d embeddings, metric {model.get('metric')}; bundle {model.get('bundle')}",
             f"- target profile `{target['name']}`: providers {', '.join(target['onnxruntime_providers'])}, "
             f"threads {target.get('threads')}, max batch {target.get('max_batch')}",
-            f"- CPU: {cpu['model']} ({cpu.get('machine')}), 1-minute load average {_num(cpu.get('load_average_1m'))} "
+            f"- CPU: {cpu['model']} ({cpu.get('machine')}; int8 instructions: {_int8(cpu.get('int8_instructions'))}), "
+            f"1-minute load average {_num(cpu.get('load_average_1m'))} "
             f"before the run; frequency governor: {c['cpu_governor'] or '-'}; this process's nice value "
             f"{cpu.get('nice', '-')}",
             f"- threads: torch intra-op {t['torch_intra_op']}, ONNX Runtime intra-op {t['onnxruntime_intra_op']} "
