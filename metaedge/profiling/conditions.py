@@ -41,7 +41,8 @@ def _run(argv: list[str]) -> str | None:
 # The instruction-set extensions that decide which int8 kernels ONNX Runtime runs, and so how fast and how exact they
 # are: x86 without VNNI adds u8 x s8 products in saturating 16-bit pairs (metaedge/ort.py asks for exact kernels
 # there, at 1.25x the time); ARM's dot-product and matrix extensions do 8-bit products in 32 bits. The same CPU model
-# name can come with or without them (the dev VM's "AMD EPYC" was a Zen 4 and later a Zen 3).
+# name can come with or without them: the dev VM's CPU was "AMD EPYC" both when BENCHMARKS.md recorded AVX-512 and
+# when it had AVX2 alone.
 INT8_INSTRUCTIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 
 
