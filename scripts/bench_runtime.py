@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metaedge import ort
 from metaedge.demo import SAMPLES
 from metaedge.images import preprocess
-from metaedge import ort
 from metaedge.ort import run_batched
 from metaedge.runtime import Runtime
 

@@ -60,6 +60,10 @@ def sampled_views_graph(count: int, size: int, grid: np.ndarray | None = None) -
     return model
 
 
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 def run(model: onnx.ModelProto, images: np.ndarray, tmp_path: Path) -> np.ndarray:
     path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
     onnx.save(model, path)
@@ -137,19 +141,19 @@ def test_a_bundle_is_rewritten_in_place_and_still_verifies(tiny_bundle, tmp_path
         {k: v for k, v in before.items() if k not in ("files", "digest")}  # fmt: skip
     assert "GridSample" not in {n.op_type for n in onnx.load(str(path / "enroll.onnx")).graph.node}
     # A second pass finds nothing to rewrite and leaves the bundle exactly as it is.
-    snapshot = {p.name: p.read_bytes() for p in path.iterdir()}
+    snapshot = contents(path)
     with pytest.raises(ViewsError, match="enroll.onnx: expected one GridSample"):
         separate_bundle_views(path)
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == snapshot
+    assert contents(path) == snapshot
 
 
 def test_a_bundle_with_unlisted_files_is_left_alone(tiny_bundle, tmp_path):
     path = _with_sampled_enroll_graph(tiny_bundle, tmp_path / "b")
     (path / "notes.txt").write_text("mine")
-    snapshot = {p.name: p.read_bytes() for p in path.iterdir()}
+    snapshot = contents(path)
     with pytest.raises(MetaedgeError, match="notes.txt"):
         separate_bundle_views(path)
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == snapshot
+    assert contents(path) == snapshot
 
 
 def test_a_tampered_bundle_is_refused_before_anything_is_rewritten(tiny_bundle, tmp_path):
