@@ -122,8 +122,12 @@ def _dataset_identity(member: ckpt.Checkpoint) -> tuple:
 
 def _spread(member: ckpt.Checkpoint, train_images: LoadedDataset) -> float:
     """RMS distance of the member's embeddings of its training images (no rotations) to their mean."""
-    z = embed_all(member.method, train_images)
-    spread = math.sqrt(float(np.mean(np.sum((z - z.mean(axis=0)) ** 2, axis=1))))
+    spread = embedding_spread(embed_all(member.method, train_images))
     if not spread > 0:
         raise CheckpointError(f"{member.path}: embeds every training image alike; cannot scale it")
     return spread
+
+
+def embedding_spread(z: np.ndarray) -> float:
+    """float (N, D) embeddings -> their RMS distance to their mean: a member's scale is its inverse."""
+    return math.sqrt(float(np.mean(np.sum((z - z.mean(axis=0)) ** 2, axis=1))))
