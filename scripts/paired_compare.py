@@ -21,6 +21,7 @@ A model is a bundle, or a question about bundles that would take a training run 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -65,15 +66,20 @@ def spread(b: bundle_io.Bundle) -> float:
     return embedding_spread(run_batched(create_session(b.onnx_path), b.preprocess.normalize(train.pixels)))
 
 
-def model_embeddings(parts, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out images through a model -> (queries, support), float32 (N, D)."""
+def model_embeddings(parts, load) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out images (`load(preprocess)` -> LoadedDataset) through a model -> (queries, support), float32
+    (N, D)."""
+    from metaedge.ort import create_session, run_batched
+
     queries, support = [], []
     for b, views in parts:
-        pixels = dataset.load(b.preprocess).pixels
-        q, s = bundle_embeddings(b, pixels)
-        if views is not None:
-            s = viewed_support(b, b.preprocess.normalize(pixels), views)
-        s = q if s is None else s
+        pixels = load(b.preprocess).pixels
+        if views is None:
+            q, s = bundle_embeddings(b, pixels)
+            s = q if s is None else s
+        else:  # the enrollment graph's output would be thrown away: run the query graph alone
+            x = b.preprocess.normalize(pixels)
+            q, s = run_batched(create_session(b.onnx_path), x), viewed_support(b, x, views)
         scale = 1.0 / spread(b) if len(parts) > 1 else 1.0
         queries.append(q * scale)
         support.append(s * scale)
@@ -94,13 +100,22 @@ def main() -> None:
     models = [parse_model(spec) for spec in args.models]
     first = models[0][0][0]
     dataset = _held_out(first.manifest.get("training") or {}, str(first.path), None, None)
-    # Same classes and images in the same order for every model: the episodes index both alike.
-    data = dataset.load(first.preprocess)
+    # Same classes and images in the same order for every model: the episodes index both alike. Each input size
+    # is decoded once.
+    loaded = {}
+
+    def load(preprocess):
+        key = json.dumps(preprocess.to_dict(), sort_keys=True)
+        if key not in loaded:
+            loaded[key] = dataset.load(preprocess)
+        return loaded[key]
+
+    data = load(first.preprocess)
     sampler = eval_sampler(data, args.way, args.shot, args.query, within_group=args.within_group,
                            disjoint_drawers=args.disjoint_drawers, seed=args.seed)  # fmt: skip
     per_model = []
     for spec, parts in zip(args.models, models):
-        queries, support = model_embeddings(parts, dataset)
+        queries, support = model_embeddings(parts, load)
         metric, scale = (parts[0][0].metric, parts[0][0].scale) if len(parts) == 1 else ("sqeuclidean", 1.0)
         accs, groups = [], []
         for ep in sampler.episodes(args.episodes):
