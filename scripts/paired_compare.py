@@ -45,25 +45,32 @@ def parse_model(spec: str) -> list[tuple[bundle_io.Bundle, int | None]]:
     return parts
 
 
-def viewed_support(b: bundle_io.Bundle, x: np.ndarray, views: int) -> np.ndarray:
-    """float32 (N, C, S, S) network inputs -> (N, D): the mean query-graph embedding of the first `views` views."""
+def viewed_support(session, x: np.ndarray, views: int) -> np.ndarray:
+    """float32 (N, C, S, S) network inputs -> (N, D): the mean embedding of the first `views` views through a
+    bundle's query-graph `session`."""
     import torch
 
     from metaedge.models.views import TestTimeViews
-    from metaedge.ort import create_session, run_batched
+    from metaedge.ort import run_batched
 
     warped = TestTimeViews(views, x.shape[-1]).warp(torch.from_numpy(x)).numpy()  # (V*N, C, S, S), view-major
-    z = run_batched(create_session(b.onnx_path), np.ascontiguousarray(warped))
-    return z.reshape(views, len(x), -1).mean(axis=0)
+    return run_batched(session, np.ascontiguousarray(warped)).reshape(views, len(x), -1).mean(axis=0)
 
 
-def spread(b: bundle_io.Bundle) -> float:
+# Training images by (roots, groups, preprocessing): bundles side by side usually share them; decode them once.
+_TRAINING: dict[str, np.ndarray] = {}
+
+
+def spread(b: bundle_io.Bundle, session) -> float:
     """RMS distance of the bundle's query embeddings of its training images to their mean (never held-out ones)."""
-    from metaedge.ort import create_session, run_batched
+    from metaedge.ort import run_batched
 
-    data = b.manifest["training"]["data"]
-    train = open_dataset(list(data["roots"])).subset(b.manifest["training"]["split"]["train"]).load(b.preprocess)
-    return embedding_spread(run_batched(create_session(b.onnx_path), b.preprocess.normalize(train.pixels)))
+    training = b.manifest["training"]
+    roots, groups = list(training["data"]["roots"]), training["split"]["train"]
+    key = json.dumps([roots, sorted(groups), b.preprocess.to_dict()], sort_keys=True)
+    if key not in _TRAINING:
+        _TRAINING[key] = open_dataset(roots).subset(groups).load(b.preprocess).pixels
+    return embedding_spread(run_batched(session, b.preprocess.normalize(_TRAINING[key])))
 
 
 def model_embeddings(parts, load) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +81,14 @@ def model_embeddings(parts, load) -> tuple[np.ndarray, np.ndarray]:
     queries, support = [], []
     for b, views in parts:
         pixels = load(b.preprocess).pixels
+        session = create_session(b.onnx_path) if views is not None or len(parts) > 1 else None
         if views is None:
             q, s = bundle_embeddings(b, pixels)
             s = q if s is None else s
         else:  # the enrollment graph's output would be thrown away: run the query graph alone
             x = b.preprocess.normalize(pixels)
-            q, s = run_batched(create_session(b.onnx_path), x), viewed_support(b, x, views)
-        scale = 1.0 / spread(b) if len(parts) > 1 else 1.0
+            q, s = run_batched(session, x), viewed_support(session, x, views)
+        scale = 1.0 / spread(b, session) if len(parts) > 1 else 1.0
         queries.append(q * scale)
         support.append(s * scale)
     return np.concatenate(queries, axis=1), np.concatenate(support, axis=1)
