@@ -78,7 +78,8 @@ def find_sampled_views(model, *, seed: int = 0) -> SampledViews:
         raise ViewsError(f"GridSample takes {sampled.shape} and a grid {grid.shape}, not views of the input images")
     if not 1 <= count <= MAX_VIEWS:
         raise ViewsError(f"GridSample samples {count} copies of each image; metaedge has 1 to {MAX_VIEWS} views")
-    if not np.array_equal(sampled.reshape(count, 2, channels, size, size), np.broadcast_to(images, (count, *images.shape))):
+    repeated = np.broadcast_to(images, (count, *images.shape))
+    if not np.array_equal(sampled.reshape(count, 2, channels, size, size), repeated):
         raise ViewsError("GridSample does not sample the input images repeated view-major")
     grid = grid.reshape(count, 2, size, size, 2)
     if not np.array_equal(grid[:, 0], grid[:, 1]):
@@ -213,8 +214,10 @@ def separate_bundle_views(path: str | os.PathLike, *, check_images: int = 64, se
         new_file = Path(tmp) / name
         onnx.save(rewritten, new_file)
         if not (warp_diff <= WARP_ATOL and min_cosine >= MIN_COSINE):  # written so that a NaN fails too
-            raise MetaedgeError(f"{path / name}: the rewritten views differ from the sampled ones (warp max |diff| "
-                                f"{warp_diff:.3g}, embedding min cosine {min_cosine:.6f}); the bundle is unchanged")  # fmt: skip
+            raise MetaedgeError(
+                f"{path / name}: the rewritten views differ from the sampled ones (warp max |diff| {warp_diff:.3g}, "
+                f"embedding min cosine {min_cosine:.6f}); the bundle is unchanged"
+            )
         bundle_io.replace_files(loaded, {name: new_file})
     return SeparateReport(bundle=path, file=name, views=found.count, size=found.size,
                           nodes=(len(original.graph.node), len(rewritten.graph.node)),

@@ -93,6 +93,9 @@ for arg in "${args[@]}"; do
     echo "pytest_add_cli_args="
     echo "    -p"
     echo "    no:cacheprovider"
+    # one process: mutmut records which tests reach each function in its own process (pyproject asks for xdist)
+    echo "    -n"
+    echo "    0"
     IFS='|' read -ra extra <<< "${MUTATION_PYTEST_ARGS:-${EXTRA[$module]}}"
     for a in "${extra[@]}"; do echo "    $a"; done
   } > "$dest/setup.cfg"

@@ -46,6 +46,20 @@ def pytest_configure(config) -> None:
     problem = native_build_problem()
     if problem is not None:
         raise pytest.UsageError(problem)
+    share_threads_between_workers()
+
+
+def share_threads_between_workers() -> None:
+    """Under pytest-xdist, give each worker (and the commands it starts) its share of the cores: two workers of
+    two PyTorch threads each on two cores spend their time switching, not computing."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # subprocesses: the CLI, torchrun's ranks
 
 
 # Under CI (CI=true, as .ci/run runs), a skip is a test that did not run: only these may skip there.
@@ -128,6 +142,31 @@ def tiny_bundle(tiny_run_dir, tmp_path_factory) -> Path:
     from metaedge.exporter import export_checkpoint
 
     return export_checkpoint(tiny_run_dir, tmp_path_factory.mktemp("tiny") / "bundle", parity_episodes=20).bundle.path
+
+
+# Session fixtures live here, not in a test module: a fixture imported into a second module is a second fixture
+# to pytest, built again there (the locate pair below was built four times a run when test modules shared it).
+@pytest.fixture(scope="session")
+def tiny_seg_run(tmp_path_factory) -> Path:
+    """A width-4 segmentation run (metaedge train --task segment) of 4 episodes on cluttered scenes."""
+    from metaedge.train import TrainConfig, train
+
+    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
+        pytest.skip(f"the shared Omniglot data is not at {OMNIGLOT}")
+    out = tmp_path_factory.mktemp("locate") / "run"
+    train(TrainConfig(data=[str(p) for p in OMNIGLOT_ZIPS], out=str(out), task="segment", width=4, episodes=4,
+                      meta_batch=2, val_every=4, val_episodes=8, clutter=[4, 8], seed=3))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_locate_bundle(tiny_seg_run, tmp_path_factory) -> Path:
+    """The segmentation run exported to a localisation bundle."""
+    from metaedge.exporter import export_checkpoint
+
+    out = tmp_path_factory.mktemp("locate") / "bundle"
+    export_checkpoint(tiny_seg_run, out)
+    return out
 
 
 class Interrupted(Exception):

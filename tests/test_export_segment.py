@@ -4,13 +4,11 @@ trained here in seconds and on real generated scenes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import OMNIGLOT_ZIPS
 
 from metaedge import bundle as bundle_io
 from metaedge import checkpoint as ckpt
@@ -20,24 +18,6 @@ from metaedge.exporter import ExportError, export_checkpoint
 from metaedge.locate import Locator
 from metaedge.onnx_clean import exporter_metadata
 from metaedge.ort import create_session
-from metaedge.train import TrainConfig, train
-
-
-@pytest.fixture(scope="session")
-def tiny_seg_run(tmp_path_factory) -> Path:
-    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
-        pytest.skip("the shared Omniglot data is not beside the checkout")
-    out = tmp_path_factory.mktemp("locate") / "run"
-    train(TrainConfig(data=[str(p) for p in OMNIGLOT_ZIPS], out=str(out), task="segment", width=4, episodes=4,
-                      meta_batch=2, val_every=4, val_episodes=8, clutter=[4, 8], seed=3))  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_locate_bundle(tiny_seg_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("locate") / "bundle"
-    export_checkpoint(tiny_seg_run, out)
-    return out
 
 
 def test_manifest_describes_a_locate_bundle(tiny_locate_bundle, tiny_seg_run):

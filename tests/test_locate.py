@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_export_segment as _fixtures
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -21,8 +20,6 @@ from metaedge.evaluate_segment import held_out_glyphs, scenes_to_tensors
 from metaedge.locate import Localization, locate, prepare_scene, rle_decode, rle_encode
 
 runner = CliRunner()
-# The tiny segmentation run and its bundle, trained and exported once for both test files.
-tiny_seg_run, tiny_locate_bundle = _fixtures.tiny_seg_run, _fixtures.tiny_locate_bundle
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import test_export_segment as _fixtures
 
 pytestmark = pytest.mark.slow
-# The tiny localisation bundle, trained and exported once per session (tests/test_export_segment.py).
-tiny_seg_run, tiny_locate_bundle = _fixtures.tiny_seg_run, _fixtures.tiny_locate_bundle
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
 # The flags that let chromium run headless as root in a container, with nothing fetched from the network.

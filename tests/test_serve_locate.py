@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import test_export_segment as _fixtures
 from PIL import Image
 
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (pip install httpx)")
@@ -20,8 +19,6 @@ from metaedge.data.clutter import scene_set  # noqa: E402
 from metaedge.evaluate_segment import held_out_glyphs  # noqa: E402
 from metaedge.locate import rle_decode  # noqa: E402
 from metaedge.serve import ServeConfig, create_app  # noqa: E402
-
-tiny_seg_run, tiny_locate_bundle = _fixtures.tiny_seg_run, _fixtures.tiny_locate_bundle
 
 
 def png(chw: np.ndarray) -> bytes:
