@@ -21,7 +21,6 @@ A model is a bundle, or a question about bundles that would take a training run 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -58,7 +57,7 @@ def viewed_support(session, x: np.ndarray, views: int) -> np.ndarray:
 
 
 # Training images by (roots, groups, preprocessing): bundles side by side usually share them; decode them once.
-_TRAINING: dict[str, np.ndarray] = {}
+_TRAINING: dict[tuple, np.ndarray] = {}
 
 
 def spread(b: bundle_io.Bundle, session) -> float:
@@ -67,7 +66,7 @@ def spread(b: bundle_io.Bundle, session) -> float:
 
     training = b.manifest["training"]
     roots, groups = list(training["data"]["roots"]), training["split"]["train"]
-    key = json.dumps([roots, sorted(groups), b.preprocess.to_dict()], sort_keys=True)
+    key = (tuple(roots), tuple(sorted(groups)), b.preprocess)  # a PreprocessSpec is hashable
     if key not in _TRAINING:
         _TRAINING[key] = open_dataset(roots).subset(groups).load(b.preprocess).pixels
     return embedding_spread(run_batched(session, b.preprocess.normalize(_TRAINING[key])))
@@ -113,10 +112,9 @@ def main() -> None:
     loaded = {}
 
     def load(preprocess):
-        key = json.dumps(preprocess.to_dict(), sort_keys=True)
-        if key not in loaded:
-            loaded[key] = dataset.load(preprocess)
-        return loaded[key]
+        if preprocess not in loaded:
+            loaded[preprocess] = dataset.load(preprocess)
+        return loaded[preprocess]
 
     data = load(first.preprocess)
     sampler = eval_sampler(data, args.way, args.shot, args.query, within_group=args.within_group,
