@@ -78,6 +78,13 @@ def _global(
     """Few-shot image recognition for edge devices."""
 
 
+def _teacher_option(teachers: list[Path] | None) -> str | list[str] | None:
+    """One --teacher is stored as a string, as runs always stored it; several as a list."""
+    if not teachers:
+        return None
+    return str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers]
+
+
 @app.command()
 def train(
     data: Annotated[list[Path], typer.Option(help="Dataset root: folder or .zip; repeat to merge several.")],
@@ -99,7 +106,9 @@ def train(
         int, typer.Option(help="ProtoNet: 1 forward pass for support and query, or 2 (own batch-norm statistics).")
     ] = 1,
     teacher: Annotated[
-        Path | None, typer.Option(help="Distil from this run folder or bundle too (metaedge/distill.py).")
+        list[Path] | None,
+        typer.Option(help="Distil from this run folder or bundle too (metaedge/distill.py); repeat for several "
+                          "teachers side by side."),
     ] = None,
     distill: Annotated[str, typer.Option(help="With --teacher: kl, relational or kl+relational.")] = "kl",
     distill_weight: Annotated[float, typer.Option(help="With --teacher: weight of the distillation loss.")] = 1.0,
@@ -195,7 +204,7 @@ def train(
         val_every=val_every, val_way=val_way, val_within_group=val_within_group, seed=seed, split_seed=split_seed,
         task=task, clutter=clutter_levels, one_colour=one_colour, decoder=decoder,
         device=device, preprocess=settings, init_weights=str(init_weights) if init_weights else None,
-        loss_distance=loss_distance, embed_passes=embed_passes, teacher=str(teacher) if teacher else None,
+        loss_distance=loss_distance, embed_passes=embed_passes, teacher=_teacher_option(teacher),
         distill=distill, distill_weight=distill_weight, distill_temperature=distill_temperature,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports

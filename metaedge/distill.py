@@ -10,6 +10,13 @@ at its own preprocessing (size, inversion, normalisation), which may differ from
 ensemble eats 56x56 images, a Conv4 student 28x28. It runs in eval mode (running batch-norm statistics) and
 without gradients, so its targets for an image do not depend on the episode it appears in.
 
+Several teachers teach as one (`metaedge train --teacher A --teacher B`): their embeddings side by side, each
+scaled to the first one's spread on the training images and all by 1/sqrt(parts), so the whole has the first
+teacher's spread (its kl logits as sharp as the first's alone) and every part weighs the same, as
+metaedge/ensemble.py weighs members. Each part reads the images at its own preprocessing.
+
+    teachers = combine_teachers([load_teacher(a), load_teacher(b)], training_images_by_spec)
+
 Losses (the student's embeddings of the episode, its episode logits, the teacher's embeddings):
   kl: Hinton et al. (2015): T^2 * KL(softmax(teacher logits / T) || softmax(student logits / T)) over the
       queries, the teacher's logits made by the teacher's own prototypes and metric on the same episode.
@@ -20,7 +27,10 @@ Losses (the student's embeddings of the episode, its episode logits, the teacher
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +88,111 @@ class Teacher:
     ) -> torch.Tensor:
         """Teacher embeddings support (S, D), labels (S,), query (Q, D) -> its episode logits (Q, way), by its
         metric: -||q - p||^2, or scale * cos(q, p)."""
-        protos = class_means(support, support_labels, way)
-        if self.metric == "cosine":
-            return self.scale * F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T
-        return -self.scale * torch.cdist(query, protos).pow(2)
+        return _metric_logits(self.metric, self.scale, support, support_labels, query, way)
+
+
+def _metric_logits(metric, scale, support, support_labels, query, way) -> torch.Tensor:
+    protos = class_means(support, support_labels, way)
+    if metric == "cosine":
+        return scale * F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T
+    return -scale * torch.cdist(query, protos).pow(2)
+
+
+@dataclass
+class Teachers:
+    """One teacher, or several whose embeddings are put side by side (each multiplied by its weight).
+
+    parts: the teachers, in the order given; weights: each part's multiplier (1.0 for a lone teacher, whose
+    targets are its own embeddings unchanged); specs: the distinct preprocessings the parts read, in order.
+    """
+
+    parts: list[Teacher]
+    weights: list[float]
+
+    @property
+    def specs(self) -> list[PreprocessSpec]:
+        return list(dict.fromkeys(t.spec for t in self.parts))
+
+    @property
+    def source(self) -> str:
+        return " + ".join(t.source for t in self.parts)
+
+    @property
+    def sha256(self) -> str:
+        """A lone teacher's weights hash; for several, the hash of their hashes in order (a resumed run's
+        teachers must be the same files in the same order)."""
+        return teachers_sha256(self.parts)
+
+    def identity(self) -> dict:
+        """What the student's checkpoints record: a lone teacher's identity as it always was, or the parts' and
+        their weights (a resumed run reuses the weights rather than measuring them again)."""
+        if len(self.parts) == 1:
+            return self.parts[0].identity()
+        first = self.parts[0]
+        return {"source": self.source, "kind": "teachers", "sha256": self.sha256, "metric": first.metric,
+                "scale": first.scale, "weights": list(self.weights),
+                "parts": [t.identity() for t in self.parts]}  # fmt: skip
+
+    @torch.no_grad()
+    def embed(self, images: Mapping[PreprocessSpec, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """The same N images at each part's preprocessing, {spec: (N, C, S, S)} (a lone tensor where every part
+        reads one preprocessing) -> (N, sum of the parts' D), without gradient."""
+        if isinstance(images, torch.Tensor):
+            if len(self.specs) > 1:
+                raise TeacherError(f"the teachers read {len(self.specs)} preprocessings: give images for each")
+            images = {self.specs[0]: images}
+        out = [t.embed(images[t.spec]) for t in self.parts]
+        if len(out) == 1 and self.weights[0] == 1.0:
+            return out[0]
+        return torch.cat([w * z for w, z in zip(self.weights, out, strict=True)], dim=1)
+
+    def logits(
+        self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, way: int
+    ) -> torch.Tensor:
+        """As Teacher.logits, by the first part's metric and scale, on the embeddings side by side."""
+        first = self.parts[0]
+        return _metric_logits(first.metric, first.scale, support, support_labels, query, way)
+
+
+def teachers_sha256(parts: Sequence[Teacher]) -> str:
+    """What identifies the teachers of a run: a lone one's weights hash, or the hash of several's in order."""
+    if len(parts) == 1:
+        return parts[0].sha256
+    return hashlib.sha256("+".join(t.sha256 for t in parts).encode()).hexdigest()
+
+
+def combine_teachers(
+    parts: Sequence[Teacher], training_images: Mapping[PreprocessSpec, torch.Tensor] | None = None,
+    weights: Sequence[float] | None = None,
+) -> Teachers:  # fmt: skip
+    """Teachers as one: a lone teacher as it is; several with weights spread_1 / (spread_i * sqrt(k)), each
+    spread the RMS distance of the part's embeddings of `training_images` ({spec: (N, C, S, S)}, the student's
+    training images without rotations, never held-out ones) to their mean. `weights` given (a resumed run's,
+    as recorded) are used as they are. Raises TeacherError where the parts' distances cannot add."""
+    from metaedge.ensemble import embedding_spread
+
+    parts = list(parts)
+    if len(parts) == 1:
+        return Teachers(parts, [1.0])
+    for t in parts:
+        if t.metric != "sqeuclidean":
+            raise TeacherError(f"--teacher {t.source} compares by {t.metric}: only squared-euclidean teachers add "
+                               "their distances side by side")  # fmt: skip
+    if weights is not None:
+        if len(weights) != len(parts):
+            raise TeacherError(f"{len(weights)} recorded teacher weights for {len(parts)} teachers")
+        return Teachers(parts, [float(w) for w in weights])
+    if training_images is None:
+        raise TeacherError("several teachers need the training images to weigh them")
+    spreads = []
+    for t in parts:
+        z = torch.cat([t.embed(batch) for batch in training_images[t.spec].split(256)])
+        spread = embedding_spread(z.cpu().double().numpy())
+        if not spread > 0:
+            raise TeacherError(f"--teacher {t.source} embeds every training image alike; cannot weigh it")
+        spreads.append(spread)
+    k = len(parts)
+    return Teachers(parts, [spreads[0] / (s * math.sqrt(k)) for s in spreads])
 
 
 def load_teacher(source: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Teacher:
@@ -153,11 +264,13 @@ def check_teacher(teacher: Teacher, student_spec: PreprocessSpec, held_out: list
                            "pick a --split-seed that holds out what the teacher held out")  # fmt: skip
 
 
-def check_same_teacher(recorded: dict, teacher: Teacher) -> None:
-    """A resumed run goes on with the teacher it started with, byte for byte; raises TeacherError."""
-    if recorded["sha256"] != teacher.sha256:
+def check_same_teacher(recorded: dict, parts: Sequence[Teacher]) -> None:
+    """A resumed run goes on with the teacher(s) it started with, byte for byte and in order; raises
+    TeacherError."""
+    sha256, source = teachers_sha256(parts), " + ".join(t.source for t in parts)
+    if recorded["sha256"] != sha256:
         raise TeacherError(f"this run was distilled from {recorded['source']} (sha256 {recorded['sha256'][:12]}), "
-                           f"not {teacher.source} (sha256 {teacher.sha256[:12]}): resume with its own teacher, "
+                           f"not {source} (sha256 {sha256[:12]}): resume with its own teacher, "
                            "unchanged, or start a new run")  # fmt: skip
 
 
@@ -180,23 +293,26 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class Distiller:
-    """A teacher and the loss that carries its geometry to the student; `weight` scales it against the episode's
-    cross-entropy, `temperature` softens both predictions for `kl`."""
+    """A teacher (or Teachers) and the loss that carries its geometry to the student; `weight` scales it against
+    the episode's cross-entropy, `temperature` softens both predictions for `kl`."""
 
-    teacher: Teacher
+    teacher: Teachers | Teacher
     loss_name: str = "kl"
     weight: float = 1.0
     temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.teacher, Teacher):
+            self.teacher = Teachers([self.teacher], [1.0])
         if self.loss_name not in LOSSES:
             raise TeacherError(f"unknown distillation loss {self.loss_name!r}; choose one of {', '.join(LOSSES)}")
         if not (self.weight >= 0 and self.temperature > 0):
             raise TeacherError(f"--distill-weight must be >= 0 and --distill-temperature > 0, not {self.weight} "
                                f"and {self.temperature}")  # fmt: skip
 
-    def targets(self, images: torch.Tensor) -> torch.Tensor:
-        """The episode's images (N, C, S, S) at the teacher's preprocessing, support first -> (N, Dt)."""
+    def targets(self, images: Mapping[PreprocessSpec, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """The episode's images at each teacher's preprocessing, {spec: (N, C, S, S)} (or one tensor where the
+        teachers read one), support first -> (N, Dt)."""
         return self.teacher.embed(images)
 
     def loss(

@@ -84,14 +84,21 @@ class TrainConfig:
     device: str = "auto"
     preprocess: dict = field(default_factory=dict)
     init_weights: str | None = None  # backbone weights to start from (metaedge/weights.py); None: random
-    # Distillation (metaedge/distill.py): a run folder or bundle whose embedding geometry the student learns too.
-    teacher: str | None = None
+    # Distillation (metaedge/distill.py): a run folder or bundle whose embedding geometry the student learns too,
+    # or a list of them, which teach side by side.
+    teacher: str | list[str] | None = None
     distill: str = "kl"
     distill_weight: float = 1.0
     distill_temperature: float = 4.0
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict({"size": self.image_size, **self.preprocess})
+
+    def teachers(self) -> list[str]:
+        """The teacher sources, in order; [] without one."""
+        if not self.teacher:
+            return []
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
 
 @dataclass
@@ -187,7 +194,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         if config.teacher is not None and stored.teacher is None:
             raise CheckpointError(f"{run_dir} was trained without a teacher; resume it without --teacher, or start "
                                   "a new run to distil")  # fmt: skip
-        asked_teacher = config.teacher  # checked against the run's own below, once loaded
+        asked_teacher = config.teachers() or None  # checked against the run's own below, once loaded
         # Resuming may extend the run; everything else must be the run's own settings.
         config = dataclasses.replace(stored, episodes=max(config.episodes, stored.episodes), device=config.device)
         start_episode, best_acc = state_meta["episode"], state_meta.get("best_val_accuracy", -1.0)
@@ -210,28 +217,37 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
     # Groups, or the classes of a single-group (class/image) dataset such as CIFAR's.
     split = split_groups(dataset.split_units(), config.holdout_groups, config.val_groups, split_seed)
     train_set, val_set, _ = apply_split(dataset, split)
-    distiller = None  # a teacher is checked before any image is decoded: a wrong one fails at once
+    teachers = None  # teachers are checked before any image is decoded: a wrong one fails at once
     if config.teacher:
-        from metaedge.distill import Distiller, check_same_teacher, check_teacher, load_teacher
+        from metaedge.distill import Distiller, check_same_teacher, check_teacher, combine_teachers, load_teacher
 
-        teacher = load_teacher(config.teacher, device)
-        check_teacher(teacher, spec, split.test)
+        teachers = [load_teacher(source, device) for source in config.teachers()]
+        for teacher in teachers:
+            check_teacher(teacher, spec, split.test)
         if state_meta is not None:
-            check_same_teacher(state_meta["teacher"], teacher)  # the run's teacher, unchanged since it started
+            check_same_teacher(state_meta["teacher"], teachers)  # the run's teachers, unchanged since it started
             if asked_teacher is not None:
-                check_same_teacher(state_meta["teacher"], load_teacher(asked_teacher, device))
-        distiller = Distiller(teacher, config.distill, config.distill_weight, config.distill_temperature)
+                asked = [load_teacher(source, device) for source in asked_teacher]
+                check_same_teacher(state_meta["teacher"], asked)
+    unrotated = train_set
     if config.rotations:
         train_set = train_set.with_rotations(flips=config.flips)
     strokes = StrokeIndex(config.strokes) if config.strokes and config.stroke_variants > 0 else None
     train_data = train_set.load(spec, strokes, config.stroke_variants, config.seed)
     val_data = val_set.load(spec) if val_set.classes else None
-    teacher_pixels = None
-    if distiller is not None and distiller.teacher.spec != spec:
-        # The same images, decoded as the teacher was trained to see them.
-        teacher_pixels = train_set.load(distiller.teacher.spec, strokes, config.stroke_variants, config.seed)
-        if not np.array_equal(teacher_pixels.labels, train_data.labels):
-            raise DataError("the teacher's and the student's decodings of the training images differ in order")
+    distiller, teacher_pixels = None, {}
+    if teachers is not None:
+        recorded = (state_meta or {}).get("teacher", {}).get("weights")
+        team = combine_teachers(teachers, _weighing_images(teachers, unrotated, recorded, device), recorded)
+        distiller = Distiller(team, config.distill, config.distill_weight, config.distill_temperature)
+        for teacher_spec in team.specs:
+            if teacher_spec == spec:
+                continue
+            # The same images, decoded as the teacher was trained to see them.
+            pixels = train_set.load(teacher_spec, strokes, config.stroke_variants, config.seed)
+            if not np.array_equal(pixels.labels, train_data.labels):
+                raise DataError("the teacher's and the student's decodings of the training images differ in order")
+            teacher_pixels[teacher_spec] = pixels
 
     torch.manual_seed(config.seed)
     method = ckpt.build_method(_arch_meta(config))
@@ -253,7 +269,7 @@ def _train(config, run_dir, ranks, device, resume, overwrite, on_step, on_valida
         ckpt.load_optimizer_state(run_dir / ckpt.LAST, optimizer, state_meta)
 
     images = to_tensor(train_data.pixels, spec, device).contiguous(memory_format=torch.channels_last)
-    teacher_images = None if teacher_pixels is None else to_tensor(teacher_pixels.pixels, teacher_pixels.spec, device)
+    teacher_images = {s: to_tensor(p.pixels, p.spec, device) for s, p in teacher_pixels.items()}
     sampler = EpisodeSampler(
         train_data.labels, train_data.class_groups, config.way, config.shot, config.query, seed=config.seed
     )
@@ -412,14 +428,23 @@ def _backbone_kwargs(config: TrainConfig) -> dict:
     return kwargs
 
 
+def _weighing_images(teachers, unrotated, recorded, device) -> dict | None:
+    """Several teachers are weighed by their spread on the training images as drawn (no rotations), each at its
+    own preprocessing: {spec: (N, C, S, S)}. None where nothing is to be weighed: one teacher, or a resumed run,
+    which reuses the weights it recorded so that it goes on exactly as it started."""
+    if len(teachers) == 1 or recorded is not None:
+        return None
+    return {s: to_tensor(unrotated.load(s).pixels, s, device) for s in dict.fromkeys(t.spec for t in teachers)}
+
+
 def _train_step(method, optimizer, sampler, images, config, episode, augment, device, ranks, distiller=None,
                 teacher_images=None) -> StepStats:  # fmt: skip
     """One meta-update: the mean query loss of `meta_batch` tasks, then one optimizer step.
 
     Under torchrun the tasks are dealt round-robin to the ranks and their gradients summed across ranks,
     so any number of ranks computes the same update as one process (up to float summation order).
-    With a `distiller`, each task's loss adds the teacher's, the teacher run on the task's own images: the
-    student's warped images where both read the same preprocessing, else `teacher_images` (N, C, St, St), the
+    With a `distiller`, each task's loss adds the teachers', each run on the task's own images: the student's
+    warped images where it reads the student's preprocessing, else `teacher_images`[its spec] (N, C, St, St), the
     same images at the teacher's, warped by the same draws.
     """
     lr = lr_at(config, episode)
@@ -433,13 +458,13 @@ def _train_step(method, optimizer, sampler, images, config, episode, augment, de
         ep = sampler.episode(index)
         rows = torch.from_numpy(np.concatenate([ep.support, ep.query]))
         x = images[rows]
-        xt = None if teacher_images is None else teacher_images[rows]
+        xt = {s: t[rows] for s, t in (teacher_images or {}).items()}  # {teacher spec: (N, C, St, St)}
         if augment is not None:
             # Seeded per task: a resumed run draws exactly the warps the uninterrupted run would have.
             warp_seed = config.seed * 1_000_003 + index
             x = augment(x, torch.Generator(device=device).manual_seed(warp_seed))
-            if xt is not None:  # the same draws: warps are in coordinates relative to the side, whatever its pixels
-                xt = augment(xt, torch.Generator(device=device).manual_seed(warp_seed))
+            for s in xt:  # the same draws: warps are in coordinates relative to the side, whatever its pixels
+                xt[s] = augment(xt[s], torch.Generator(device=device).manual_seed(warp_seed))
         ns = len(ep.support)
         support_labels = torch.from_numpy(ep.support_labels).to(device)
         query_labels = torch.from_numpy(ep.query_labels).to(device)
@@ -449,7 +474,7 @@ def _train_step(method, optimizer, sampler, images, config, episode, augment, de
         else:
             zs, zq = method.embed_episode(x[:ns], x[ns:])
             logits = method.logits_from_embeddings(zs, support_labels, zq, config.way)
-            targets = distiller.targets(x if xt is None else xt)
+            targets = distiller.targets({config.spec(): x, **xt})
             distill_loss = distiller.loss(zs, zq, logits, targets, support_labels, config.way)
             loss = F.cross_entropy(logits, query_labels) + distill_loss
             distill_losses.append(distill_loss.item())

@@ -123,7 +123,8 @@ def test_the_teacher_sees_the_warps_the_student_trains_on_at_its_own_size(
     monkeypatch.setattr(Distiller, "targets", targets)
     monkeypatch.setattr(ProtoNet, "embed_episode", embed_episode)
     train(small(omniglot_zips, tmp_path / "run", episodes=1, val_every=1, image_size=56, teacher=str(tiny_bundle)))
-    student, teacher = seen["student"], seen["teacher"]
+    # The teacher's targets are asked of the images at each preprocessing the teachers read: here 28 px.
+    student, teacher = seen["student"], next(x for spec, x in seen["teacher"].items() if spec.size == 28)
     assert teacher.shape[-1] == 28 and student.shape[-1] == 56 and len(teacher) == len(student)
     # Box-downsampled, the student's warped images are the teacher's up to interpolation; another image's warp
     # (the episode's order shifted by one) is far from it.
@@ -213,3 +214,95 @@ def test_two_ranks_distil_as_one_process(omniglot_zips, tiny_run_dir, tmp_path):
     # As in test_distributed: summation order differs in the last bits, which Adam may turn into a full step.
     assert (diff <= 1e-5).float().mean() >= 0.995, diff.max()
     assert ckpt.read_meta(tmp_path / "two" / ckpt.LAST)["teacher"]["sha256"] == load_teacher(tiny_run_dir).sha256
+
+
+@pytest.fixture(scope="module")
+def two_teachers(tmp_path_factory):
+    """Two squared-euclidean teachers of the student's split: a Conv4 at 28 px and one at 32 px."""
+    from conftest import OMNIGLOT, OMNIGLOT_ZIPS
+
+    if not all(p.is_file() for p in OMNIGLOT_ZIPS):
+        pytest.skip(f"the shared Omniglot data is not at {OMNIGLOT}")
+    root = tmp_path_factory.mktemp("teachers")
+    for name, size, seed in (("a28", 28, 1), ("b32", 32, 2)):
+        train(small(OMNIGLOT_ZIPS, root / name, episodes=6, val_every=6, image_size=size, seed=seed, split_seed=0))
+    return root / "a28", root / "b32"
+
+
+def test_a_teacher_beside_itself_teaches_what_it_teaches_alone(two_teachers, tiny_run_dir):
+    from metaedge.distill import combine_teachers
+
+    teacher = load_teacher(two_teachers[0])
+    support, labels, query = episode_images(two_teachers[0])
+    images = torch.cat([support, query])
+    pair = combine_teachers([teacher, load_teacher(two_teachers[0])], {teacher.spec: images})
+    assert pair.weights == pytest.approx([2**-0.5, 2**-0.5])  # same spread: the same part, weighed alike
+    alone = Distiller(teacher, "kl+relational").targets(images)
+    both = Distiller(pair, "kl+relational").targets({teacher.spec: images})
+    torch.testing.assert_close(both, torch.cat([alone, alone], 1) * 2**-0.5)
+    ns = len(support)  # the distances add: the pair's logits are the lone teacher's
+    torch.testing.assert_close(pair.logits(both[:ns], labels, both[ns:], 10),
+                               teacher.logits(alone[:ns], labels, alone[ns:], 10), rtol=1e-5, atol=1e-4)  # fmt: skip
+    with pytest.raises(TeacherError, match="only squared-euclidean teachers"):
+        combine_teachers([teacher, load_teacher(tiny_run_dir)], {teacher.spec: images})
+
+
+def test_teachers_of_other_sizes_are_weighed_to_one_spread(omniglot_zips, two_teachers):
+    from metaedge.distill import combine_teachers
+
+    parts = [load_teacher(t) for t in two_teachers]
+    meta = ckpt.read_meta(ckpt.resolve(two_teachers[0]))
+    train_set = open_dataset(meta["data"]["roots"]).subset(meta["split"]["train"])
+    images = {t.spec: to_tensor(train_set.load(t.spec).pixels, t.spec) for t in parts}
+    team = combine_teachers(parts, images)
+    assert [s.size for s in team.specs] == [28, 32]
+    z = team.embed(images)
+    d0 = parts[0].embed(images[parts[0].spec]).shape[1]
+
+    def spread(x):
+        return float(((x - x.mean(0)) ** 2).sum(1).mean().sqrt())
+
+    first = spread(z[:, :d0]) * 2**0.5  # the first part's own spread, before the 1/sqrt(2)
+    assert spread(z[:, :d0]) == pytest.approx(spread(z[:, d0:]), rel=1e-4)
+    assert spread(z) == pytest.approx(first, rel=1e-4)
+    with pytest.raises(TeacherError, match="2 preprocessings"):
+        team.embed(images[parts[0].spec])
+
+
+def test_two_teachers_at_their_own_sizes_teach_a_run_that_resumes_exactly(omniglot_zips, two_teachers, tmp_path):
+    kw = dict(image_size=56, teacher=[str(t) for t in two_teachers], distill="kl+relational", split_seed=0)
+    train(small(omniglot_zips, tmp_path / "full", **kw))
+    half = small(omniglot_zips, tmp_path / "half", **kw)
+    with pytest.raises(Interrupted):
+        train(half, on_step=interrupt_after(10))
+    before = (tmp_path / "half" / ckpt.LAST).read_bytes()
+    # The same teachers in another order are other targets: refused, the run left as it was.
+    with pytest.raises(TeacherError, match="resume with its own teacher"):
+        train(small(omniglot_zips, tmp_path / "half", **{**kw, "teacher": kw["teacher"][::-1]}), resume=True)
+    assert (tmp_path / "half" / ckpt.LAST).read_bytes() == before
+    train(half, resume=True)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "half")
+    recorded = ckpt.read_meta(tmp_path / "half" / ckpt.LAST)["teacher"]
+    assert recorded["kind"] == "teachers" and [p["preprocess"]["size"] for p in recorded["parts"]] == [28, 32]
+    assert len(recorded["weights"]) == 2 and all(w > 0 for w in recorded["weights"])
+    # One teacher alone teaches another student: the second teacher changes what is learnt.
+    train(small(omniglot_zips, tmp_path / "one", **{**kw, "teacher": kw["teacher"][0]}))
+    a = ckpt.load(tmp_path / "one", which=ckpt.LAST).method.state_dict()
+    b = ckpt.load(tmp_path / "full", which=ckpt.LAST).method.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
+def test_the_cli_takes_several_teachers(omniglot_zips, two_teachers, tmp_path):
+    from typer.testing import CliRunner
+
+    from metaedge.cli import app
+
+    data = [a for p in omniglot_zips for a in ("--data", str(p))]
+    teachers = [a for t in two_teachers for a in ("--teacher", str(t))]
+    result = CliRunner().invoke(app, ["train", *data, "--out", str(tmp_path / "run"), "--episodes", "2", "--way", "5",
+                                      "--query", "2", "--width", "16", "--val-every", "2", "--split-seed", "0",
+                                      *teachers, "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = ckpt.read_meta(tmp_path / "run" / ckpt.LAST)
+    assert meta["train_config"]["teacher"] == [str(t) for t in two_teachers]
+    assert meta["teacher"]["source"] == " + ".join(str(t) for t in two_teachers)
