@@ -12,7 +12,8 @@
 #   env: DATA, STUDENT (flags of the student network; default ResNet-12 width 16 at 28 px, as three of the
 #        ensemble's members), EPISODES (4000, the members' budget), SEED (0), LOSSES ("kl relational kl+relational";
 #        "none": the student without a teacher alone),
-#        WEIGHT (1.0), TEMPERATURE (4.0), TEACHER (metaedge/reference/ensemble), EVAL_SEEDS ("2 3"), EVAL_EPISODES
+#        WEIGHT (1.0), TEMPERATURE (4.0), TEACHER (metaedge/reference/ensemble; several, space-separated, teach
+#        side by side, and the students are compared with them side by side), EVAL_SEEDS ("2 3"), EVAL_EPISODES
 #        (2000), DEVICE (cpu), PLAIN (1; 0 skips the student trained without a teacher), CALIBRATION (512: int8
 #        ranges from 512 training images; the 2048 default cost the shipped student a quarter of a point)
 # Then each student's classify and enroll time against the teacher's in one run (scripts/bench_runtime.py
@@ -63,8 +64,11 @@ if [ "$PLAIN" = 1 ]; then
   train plain
   bundle plain
 fi
+TEACHER_FLAGS=()
+for t in $TEACHER; do TEACHER_FLAGS+=(--teacher "$t"); done
+TEACHER_MODEL=${TEACHER// /+}  # scripts/paired_compare.py's side-by-side model
 for loss in $LOSSES; do
-  train "$loss" --teacher "$TEACHER" --distill "$loss" --distill-weight "$WEIGHT" --distill-temperature "$TEMPERATURE"
+  train "$loss" "${TEACHER_FLAGS[@]}" --distill "$loss" --distill-weight "$WEIGHT" --distill-temperature "$TEMPERATURE"
   bundle "$loss"
 done
 for seed in $EVAL_SEEDS; do
@@ -75,12 +79,15 @@ for seed in $EVAL_SEEDS; do
         --seed "$seed" --episodes "$EVAL_EPISODES"
     fi
     echo "## $loss vs the teacher, evaluation seed $seed"
-    python scripts/paired_compare.py "$OUT/bundle-$loss" "$TEACHER" --within-group --disjoint-drawers \
+    python scripts/paired_compare.py "$OUT/bundle-$loss" "$TEACHER_MODEL" --within-group --disjoint-drawers \
       --seed "$seed" --episodes "$EVAL_EPISODES"
   done
 done | tee "$OUT/paired.txt"
 for loss in $LOSSES; do
   echo "## $loss: time against the teacher (interleaved blocks), bundle sizes in bytes"
-  python scripts/bench_runtime.py --bundle "$OUT/bundle-$loss" --against "$TEACHER"
-  du -sb "$OUT/bundle-$loss" "$TEACHER"
+  for t in $TEACHER; do  # against each teacher: bench_runtime times bundles, not models side by side
+    python scripts/bench_runtime.py --bundle "$OUT/bundle-$loss" --against "$t"
+  done
+  # shellcheck disable=SC2086  # TEACHER is a list of bundles
+  du -sb "$OUT/bundle-$loss" $TEACHER
 done | tee "$OUT/speed.txt"

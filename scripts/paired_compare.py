@@ -21,6 +21,7 @@ A model is a bundle, or a question about bundles that would take a training run 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -31,10 +32,25 @@ from metaedge.evaluate import _held_out, bundle_embeddings, eval_sampler, mean_c
 from metaedge.methods.protonet import prototype_logits
 
 
+def split_parts(spec: str) -> list[str]:
+    """'A@5+B' -> ['A@5', 'B']. A '+' inside a bundle's own name (distill_ensemble.sh writes bundle-kl+relational)
+    is no separator: each part is the longest run of '+'-joined pieces that names an existing path."""
+    def names_a_bundle(part: str) -> bool:
+        path, _, views = part.partition("@")
+        return Path(path).exists() and (views == "" or views.isdigit())
+
+    pieces, parts, i = spec.split("+"), [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i, -1) if names_a_bundle("+".join(pieces[i:j]))), i + 1)
+        parts.append("+".join(pieces[i:j]))
+        i = j
+    return parts
+
+
 def parse_model(spec: str) -> list[tuple[bundle_io.Bundle, int | None]]:
     """'A@5+B' -> [(bundle A, 5), (bundle B, None)]: None keeps the bundle's own enrollment graph."""
     parts = []
-    for part in spec.split("+"):
+    for part in split_parts(spec):
         path, _, views = part.partition("@")
         parts.append((bundle_io.load(path), int(views) if views else None))
     if len(parts) > 1:
