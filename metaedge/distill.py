@@ -141,10 +141,7 @@ class Teachers:
             if len(self.specs) > 1:
                 raise TeacherError(f"the teachers read {len(self.specs)} preprocessings: give images for each")
             images = {self.specs[0]: images}
-        out = [t.embed(images[t.spec]) for t in self.parts]
-        if len(out) == 1 and self.weights[0] == 1.0:
-            return out[0]
-        return torch.cat([w * z for w, z in zip(self.weights, out, strict=True)], dim=1)
+        return torch.cat([w * t.embed(images[t.spec]) for w, t in zip(self.weights, self.parts, strict=True)], dim=1)
 
     def logits(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, way: int
