@@ -44,14 +44,19 @@ CALIBRATION=${CALIBRATION:-512}
 mkdir -p "$OUT"
 
 train() {  # name flags...
-  local name=$1
+  local name=$1 start=--overwrite
   shift
-  [ -f "$OUT/$name/last.safetensors" ] && return
+  # Its JSON is written when a run ends: a run without one was interrupted (hours into a taught run on a slow
+  # CPU) and goes on from its last checkpoint, one every 100 episodes (no validation alphabet: a checkpoint is
+  # all a "validation" step does, and the episodes are the same whatever the interval).
+  [ -s "$OUT/$name.train.json" ] && return
+  [ -f "$OUT/$name/last.safetensors" ] && start=--resume
   # shellcheck disable=SC2086  # STUDENT is a list of flags
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
-    --out "$OUT/$name" --overwrite --algorithm protonet $STUDENT --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
-    --holdout-groups 2 --val-groups 0 --val-every 500 --episodes "$EPISODES" --seed "$SEED" --split-seed 0 \
-    --device "$DEVICE" --json "$@" >"$OUT/$name.train.json"
+    --out "$OUT/$name" $start --algorithm protonet $STUDENT --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
+    --holdout-groups 2 --val-groups 0 --val-every 100 --episodes "$EPISODES" --seed "$SEED" --split-seed 0 \
+    --device "$DEVICE" --json "$@" >"$OUT/$name.train.json.part"
+  mv "$OUT/$name.train.json.part" "$OUT/$name.train.json"
 }
 bundle() {  # name: the run exported as the reference bundle is shipped (x86-cpu, 3 enrollment views, int8)
   [ -f "$OUT/bundle-$1/manifest.json" ] && return

@@ -21,13 +21,18 @@ RUNS=${1:-runs}
 DEVICE=${DEVICE:-cpu}
 TEACHER=${TEACHER:-metaedge/reference/ensemble}
 
-if [ ! -f "$RUNS/student-kl+relational/last.safetensors" ]; then
+# The run's JSON is written when it ends: without one, an interrupted run goes on from its last checkpoint (one
+# every 100 episodes; with no validation alphabet the interval changes nothing else).
+if [ ! -f "$RUNS/student-kl+relational.train.json" ]; then
+  start=--overwrite
+  [ -f "$RUNS/student-kl+relational/last.safetensors" ] && start=--resume
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
-    --out "$RUNS/student-kl+relational" --overwrite --algorithm protonet --backbone resnet12 --width 16 \
+    --out "$RUNS/student-kl+relational" $start --algorithm protonet --backbone resnet12 --width 16 \
     --image-size 28 --within-group 0.5 --loss-distance plain --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
-    --holdout-groups 2 --val-groups 0 --val-every 500 --episodes 4000 --seed 59 --split-seed 0 --device "$DEVICE" \
+    --holdout-groups 2 --val-groups 0 --val-every 100 --episodes 4000 --seed 59 --split-seed 0 --device "$DEVICE" \
     --teacher "$TEACHER" --distill kl+relational --distill-weight 1.0 --distill-temperature 4.0 --json \
-    | tee "$RUNS/student-kl+relational.train.json"
+    | tee "$RUNS/student-kl+relational.train.json.part"
+  mv "$RUNS/student-kl+relational.train.json.part" "$RUNS/student-kl+relational.train.json"
 fi
 metaedge export "$RUNS/student-kl+relational" --out metaedge/reference/bundle --target x86-cpu --enroll-views 3 \
   --int8 --calibration-size 512 --overwrite

@@ -33,20 +33,27 @@ RUNS=${1:-runs}
 DEVICE=${DEVICE:-cpu}
 ENROLL_VIEWS=${ENROLL_VIEWS:-3}
 
-train() {  # run flags...
-  local run=$1
+train() {  # run flags...: a run's JSON is written when it ends; without one an interrupted run goes on from its
+  # last checkpoint (one every 100 episodes; with no validation alphabet the interval changes nothing else)
+  local run=$1 start=
   shift
-  [ -f "$RUNS/$run/last.safetensors" ] && return
+  [ -f "$RUNS/$run.train.json" ] && return
+  [ -f "$RUNS/$run/last.safetensors" ] && start=--resume
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
-    --out "$RUNS/$run" --algorithm protonet --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
-    --holdout-groups 2 --val-groups 0 --val-every 500 --device "$DEVICE" --json "$@" | tee "$RUNS/$run.train.json"
+    --out "$RUNS/$run" $start --algorithm protonet --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
+    --holdout-groups 2 --val-groups 0 --val-every 100 --device "$DEVICE" --json "$@" | tee "$RUNS/$run.train.json.part"
+  mv "$RUNS/$run.train.json.part" "$RUNS/$run.train.json"
 }
 train conv4w128-final --width 128 --image-size 28 --episodes 4000 --seed 0
-if [ ! -f "$RUNS/conv4w128-6000/last.safetensors" ]; then
-  mkdir -p "$RUNS/conv4w128-6000"
-  cp "$RUNS/conv4w128-final/"{best.safetensors,last.safetensors,log.jsonl} "$RUNS/conv4w128-6000/"
+if [ ! -f "$RUNS/conv4w128-6000.train.json" ]; then
+  if [ ! -f "$RUNS/conv4w128-6000/last.safetensors" ]; then
+    mkdir -p "$RUNS/conv4w128-6000"
+    cp "$RUNS/conv4w128-final/"{best.safetensors,last.safetensors,log.jsonl} "$RUNS/conv4w128-6000/"
+  fi
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
-    --out "$RUNS/conv4w128-6000" --resume --episodes 6000 --device "$DEVICE" --json | tee "$RUNS/conv4w128-6000.train.json"
+    --out "$RUNS/conv4w128-6000" --resume --episodes 6000 --device "$DEVICE" --json \
+    | tee "$RUNS/conv4w128-6000.train.json.part"
+  mv "$RUNS/conv4w128-6000.train.json.part" "$RUNS/conv4w128-6000.train.json"
 fi
 train w64d5-56-final --width 64 --depth 5 --image-size 56 --episodes 3000 --seed 0
 train r12w16 --backbone resnet12 --width 16 --image-size 28 --episodes 4000 --seed 0
