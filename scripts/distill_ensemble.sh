@@ -46,9 +46,10 @@ mkdir -p "$OUT"
 train() {  # name flags...
   local name=$1 start=--overwrite
   shift
-  # Its JSON is written when a run ends: a run without one was interrupted (hours into a taught run on a slow
-  # CPU) and goes on from its last checkpoint, one every 100 episodes (no validation alphabet: a checkpoint is
-  # all a "validation" step does, and the episodes are the same whatever the interval).
+  # Its JSON is written when a run ends: a run without one (or with the empty one this script's redirect left
+  # before) was interrupted, hours into a taught run on a slow CPU, and goes on from its last checkpoint, one every
+  # 100 episodes (no validation alphabet: a checkpoint is all a "validation" step does, and the episodes are the
+  # same whatever the interval).
   [ -s "$OUT/$name.train.json" ] && return
   [ -f "$OUT/$name/last.safetensors" ] && start=--resume
   # shellcheck disable=SC2086  # STUDENT is a list of flags

@@ -23,7 +23,7 @@ TEACHER=${TEACHER:-metaedge/reference/ensemble}
 
 # The run's JSON is written when it ends: without one, an interrupted run goes on from its last checkpoint (one
 # every 100 episodes; with no validation alphabet the interval changes nothing else).
-if [ ! -f "$RUNS/student-kl+relational.train.json" ]; then
+if [ ! -s "$RUNS/student-kl+relational.train.json" ]; then
   start=--overwrite
   [ -f "$RUNS/student-kl+relational/last.safetensors" ] && start=--resume
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \

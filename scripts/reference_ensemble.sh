@@ -37,7 +37,7 @@ train() {  # run flags...: a run's JSON is written when it ends; without one an 
   # last checkpoint (one every 100 episodes; with no validation alphabet the interval changes nothing else)
   local run=$1 start=
   shift
-  [ -f "$RUNS/$run.train.json" ] && return
+  [ -s "$RUNS/$run.train.json" ] && return
   [ -f "$RUNS/$run/last.safetensors" ] && start=--resume
   metaedge train --data "$DATA/images_background_small1.zip" --data "$DATA/images_background_small2.zip" \
     --out "$RUNS/$run" $start --algorithm protonet --way 60 --shot 1 --query 5 --flips --elastic 0.05 \
@@ -45,7 +45,7 @@ train() {  # run flags...: a run's JSON is written when it ends; without one an 
   mv "$RUNS/$run.train.json.part" "$RUNS/$run.train.json"
 }
 train conv4w128-final --width 128 --image-size 28 --episodes 4000 --seed 0
-if [ ! -f "$RUNS/conv4w128-6000.train.json" ]; then
+if [ ! -s "$RUNS/conv4w128-6000.train.json" ]; then
   if [ ! -f "$RUNS/conv4w128-6000/last.safetensors" ]; then
     mkdir -p "$RUNS/conv4w128-6000"
     cp "$RUNS/conv4w128-final/"{best.safetensors,last.safetensors,log.jsonl} "$RUNS/conv4w128-6000/"
