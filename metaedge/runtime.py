@@ -165,12 +165,7 @@ class Runtime:
         """Find enrolled classes in one scene (any size; metaedge/locate.py) -> one Localization per class (or per
         one of `labels`), best score first. threshold: a score at or over it means present; None: all present;
         by default the bundle's, calibrated on scenes with and without the class. Needs a locate bundle."""
-        require_task(self.bundle, "locate")
-        if self._locator is None:
-            settings = self.bundle.manifest["locate"]
-            self._locator = Locator(self.bundle.file(settings["dense"]["file"]),
-                                    self.bundle.file(settings["decoder"]["file"]), settings, self._providers,
-                                    self._threads)  # fmt: skip
+        locator = self.locator
         names, protos, _ = self._prototypes()
         if not names:
             raise DataError("the gallery is empty: enroll at least one class first")
@@ -183,8 +178,20 @@ class Runtime:
         floor = None  # the bundle's decode floor is calibrated with its threshold: any other decodes every class
         if threshold is _MANIFEST_THRESHOLD:
             threshold = self.bundle.manifest["locate"].get("threshold")
-            floor = self._locator.decode_floor if threshold is not None else None
-        return locate_scene(self._locator, scene, names, protos, threshold, floor=floor)
+            floor = locator.decode_floor if threshold is not None else None
+        return locate_scene(locator, scene, names, protos, threshold, floor=floor)
+
+    @property
+    def locator(self) -> Locator:
+        """A locate bundle's dense graphs (metaedge/locate.py), opened on first use with this runtime's providers
+        and threads: for scripts that score scenes stage by stage. Needs a locate bundle."""
+        require_task(self.bundle, "locate")
+        if self._locator is None:
+            settings = self.bundle.manifest["locate"]
+            self._locator = Locator(self.bundle.file(settings["dense"]["file"]),
+                                    self.bundle.file(settings["decoder"]["file"]), settings, self._providers,
+                                    self._threads)  # fmt: skip
+        return self._locator
 
     def _prototypes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(labels, prototypes (C, D), shots (C,): how many embeddings each class holds)."""

@@ -103,7 +103,7 @@ def main() -> None:
                           "cpu_ms_96x96_20_classes": {"p50": float(np.percentile(cpu, 50)),
                                                      "mean": float(np.mean(cpu))},
                           "decoded_classes": sum(f.score > 0 for f in found),
-                          "runs": args.latency_runs, "threads": rt._locator.threads, "load_average": os.getloadavg(),
+                          "runs": args.latency_runs, "threads": rt.locator.threads, "load_average": os.getloadavg(),
                           "model_id": rt.bundle.model_id}))  # fmt: skip
 
 

@@ -62,8 +62,7 @@ def main() -> None:
             for has, batch in sets.items():
                 for i, refs in enumerate(batch.references):
                     rt.enroll(f"{int(has)}-{i}", [r.transpose(1, 2, 0) for r in refs])
-            rt.locate(sets[True].scenes[0].transpose(1, 2, 0), labels=["1-0"])  # loads the dense graphs
-            names, protos, _ = rt._prototypes()
+            names, protos = rt.gallery.prototypes()
             for has in (True, False):
                 prototypes[has] = np.stack([protos[names.index(f"{int(has)}-{i}")] for i in range(len(sets[has]))])
             own = {has: [] for has in (True, False)}
@@ -71,7 +70,7 @@ def main() -> None:
             for i in range(args.scenes):
                 for has in (True, False):
                     ranked = RANKED if has else 1
-                    s = scores(rt._locator, sets[has].scenes[i], prototypes[has][i : i + ranked])
+                    s = scores(rt.locator, sets[has].scenes[i], prototypes[has][i : i + ranked])
                     own[has].append({k: v[0] for k, v in s.items()})
                     if has:
                         first.append({k: float(v.argmax() == 0) for k, v in s.items()})

@@ -98,7 +98,7 @@ def test_scenes_of_other_sizes(tiny_locate_bundle, scenes):
         (small,) = rt.locate(scene)
         (big,) = rt.locate(canvas)
         assert big.mask.shape == (150, 131) and (big.mask[20:116, 28:124] == small.mask).mean() > 0.99
-        locator, protos = rt._locator, rt.gallery.prototypes()[1]
+        locator, protos = rt.locator, rt.gallery.prototypes()[1]
         (huge,) = rt.locate(np.kron(canvas, np.ones((5, 5, 1), np.uint8)))  # 750 x 655 > MAX_SIDE
         assert huge.mask.shape == (750, 655)
     prepared = [prepare_scene(x, locator.spec, 4) for x in (scene, canvas)]
@@ -141,8 +141,10 @@ def test_bad_input_one_line_errors_gallery_unchanged(tiny_locate_bundle, scenes,
         with pytest.raises(metaedge.MetaedgeError, match="a locate bundle cannot classify"):
             rt.classify([_hwc(scenes.references[0, 0])])
         assert rt.labels() == before[0] and (rt.gallery.embeddings("a") == before[1]).all()
-    with metaedge.Runtime() as rt, pytest.raises(metaedge.MetaedgeError, match="a classify bundle cannot locate"):
-        rt.locate(_hwc(scenes.scenes[0]))
+    with metaedge.Runtime() as rt:
+        for call in (lambda: rt.locate(_hwc(scenes.scenes[0])), lambda: rt.locator):
+            with pytest.raises(metaedge.MetaedgeError, match="a classify bundle cannot locate"):
+                call()
 
 
 def test_cli_locate_json_and_overlay(tiny_locate_bundle, scenes, tmp_path):
@@ -222,7 +224,7 @@ def test_decode_floor_skips_classes_that_cannot_be_present(tiny_locate_bundle, s
             rt.enroll(f"c{i}", [_hwc(scenes.references[i, 0])])
         assert rt.bundle.manifest["locate"]["decode_floor"] == rt.bundle.manifest["locate"]["open_set"]["decode_floor"]
         rt.locate(scene)
-        locator, (names, protos) = rt._locator, rt.gallery.prototypes()
+        locator, (names, protos) = rt.locator, rt.gallery.prototypes()
         every = locate(locator, scene, names, protos, 0.5)
         low = locate(locator, scene, names, protos, 0.5, floor=-2.0)
         assert [(f.label, f.score, f.present) for f in low] == [(f.label, f.score, f.present) for f in every]
